@@ -1,0 +1,126 @@
+"""The model description, and checkpoints that save atomically and load without unpickling code.
+
+A checkpoint is a plain dict of tensors and JSON-safe values:
+  {"format": 1, "info": ModelInfo as a dict, "model": state dict,
+   "training": optimizer / lookahead / RNG state for --resume (last.pt only)}
+It loads with torch.load(path, weights_only=True), never with a fallback.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cifarcli import __version__
+from cifarcli.errors import CifarError
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The one description of a model; travels in checkpoints and in ONNX metadata_props."""
+
+    model: str
+    classes: list[str]
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    epoch: int = 0
+    version: str = __version__
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> "ModelInfo":
+        required = ("model", "classes", "input_size", "mean", "std")
+        missing = [key for key in required if key not in values]
+        if missing:
+            raise CifarError(f"{source}: model description lacks {', '.join(missing)}; re-export or retrain it")
+        try:
+            known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
+            info = cls(**known)
+            if not (isinstance(info.classes, list) and all(isinstance(c, str) for c in info.classes)):
+                raise ValueError("classes must be a list of names")
+            if len(info.mean) != 3 or len(info.std) != 3 or int(info.input_size) < 8:
+                raise ValueError("mean/std need 3 values and input_size at least 8")
+        except (TypeError, ValueError) as error:
+            raise CifarError(f"{source}: malformed model description ({error})") from None
+        return info
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(file) into a temp file beside path, fsync, then rename over path.
+
+    A crash at any instant leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, model, info: ModelInfo, training: "dict | None" = None) -> None:
+    import torch
+
+    payload = {"format": CHECKPOINT_FORMAT, "info": json.loads(json.dumps(info.to_dict())), "model": model.state_dict()}
+    if training is not None:
+        payload["training"] = training
+    atomic_write(path, lambda file: torch.save(payload, file))
+
+
+def load_checkpoint(path: "str | Path") -> dict:
+    """Load a checkpoint safely; any file that is not one of ours fails in one line."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CifarError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
+        raise CifarError(f"{path}: refused, not a plain-weights checkpoint ({first_line[:160]})") from None
+    except Exception as error:
+        raise CifarError(f"{path}: not a cifarcli checkpoint ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "model" not in payload:
+        raise CifarError(f"{path}: not a cifarcli checkpoint (train one with `cifar train`)")
+    payload["info"] = ModelInfo.from_dict(payload.get("info") or {}, str(path))
+    return payload
+
+
+def build_model(info: ModelInfo, state_dict: dict, source: str = "checkpoint"):
+    """Rebuild the network named in the description and load its weights."""
+    from cifarcli.models import create_model
+
+    model = create_model(info.model, len(info.classes), info.mean, info.std)
+    materialize(model, info.input_size)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise CifarError(f"{source}: weights do not fit model {info.model} ({str(error).splitlines()[0]})") from None
+    return model.eval()
+
+
+def materialize(model, input_size: int) -> None:
+    """Run one dummy forward so lazy layers get their shapes from the input size."""
+    import torch
+
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(torch.zeros(2, 3, input_size, input_size))
+    model.train(was_training)

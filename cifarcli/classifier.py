@@ -1,0 +1,122 @@
+"""One classifier interface for PyTorch checkpoints and ONNX models.
+
+    classifier.predict_logits(uint8 images (N, H, W, 3)) -> float32 logits (N, classes)
+
+Test-time augmentation is defined here once, on uint8 pixels, so that training's final
+figure, `cifar evaluate` of a .pt and `cifar evaluate` of an .onnx agree to the image.
+This module imports torch only inside TorchClassifier.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from cifarcli.checkpoint import ModelInfo
+from cifarcli.errors import CifarError
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: the input contract of every model."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+
+
+def shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Translate (N, H, W, 3) images by whole pixels with reflect padding."""
+    pad = max(abs(dy), abs(dx))
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    height, width = images.shape[1:3]
+    return padded[:, pad - dy : pad - dy + height, pad - dx : pad - dx + width]
+
+
+def tta_views(images: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
+    """(weight, images) pairs whose weighted logits sum to the TTA prediction.
+
+    level 0: the image; 1: the image and its mirror; 2 (airbench): half the weight on the
+    mirror pair, half on the mirror pairs of two one-pixel translations.
+    """
+    mirror = images[:, :, ::-1]
+    if level <= 0:
+        return [(1.0, images)]
+    if level == 1:
+        return [(0.5, images), (0.5, mirror)]
+    views = [(0.25, images), (0.25, mirror)]
+    for dy, dx in ((-1, -1), (1, 1)):
+        moved = shift(images, dy, dx)
+        views += [(0.125, moved), (0.125, moved[:, :, ::-1])]
+    return views
+
+
+class Classifier:
+    info: ModelInfo
+    source: str
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_logits_tta(self, images: np.ndarray, level: int) -> np.ndarray:
+        total = None
+        for weight, view in tta_views(images, level):
+            logits = weight * self.predict_logits(np.ascontiguousarray(view))
+            total = logits if total is None else total + logits
+        return total.astype(np.float32)
+
+
+class TorchClassifier(Classifier):
+    def __init__(self, model, info: ModelInfo, source: str = "model", device: str = "cpu", autocast_dtype=None):
+        import torch
+
+        self.model, self.info, self.source = model, info, source
+        self.device, self.autocast_dtype = torch.device(device), autocast_dtype
+
+    @classmethod
+    def from_checkpoint(cls, path: "str | Path", device: str = "cpu") -> "TorchClassifier":
+        from cifarcli.checkpoint import build_model, load_checkpoint
+
+        payload = load_checkpoint(path)
+        model = build_model(payload["info"], payload["model"], str(path)).to(device)
+        return cls(model, payload["info"], str(path), device)
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        inputs = torch.from_numpy(to_model_input(images)).to(self.device)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        enabled = self.autocast_dtype is not None
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            logits = self.model(inputs).float().cpu().numpy()
+        self.model.train(was_training)
+        return logits
+
+
+class OnnxClassifier(Classifier):
+    def __init__(self, path: "str | Path", threads: int = 0):
+        from cifarcli.onnx_model import open_onnx_model
+
+        self.source = str(path)
+        self.info, self.session = open_onnx_model(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: to_model_input(images)})[0]
+
+
+def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0) -> Classifier:
+    """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CifarError(f"{path}: no such model file (give a .pt checkpoint or an .onnx model)")
+    if path.suffix.lower() == ".onnx":
+        return OnnxClassifier(path, threads)
+    return TorchClassifier.from_checkpoint(path, device)
+
+
+def predict_in_batches(classifier: Classifier, images: np.ndarray, batch_size: int, tta: int = 0, on_batch=None):
+    """Logits for many images, batch by batch; on_batch(done) reports progress."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        outputs.append(classifier.predict_logits_tta(images[start : start + batch_size], tta))
+        if on_batch:
+            on_batch(min(start + batch_size, len(images)))
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(classifier.info.classes)), np.float32)

@@ -1,0 +1,331 @@
+"""The `cifar` command: parse options, call one library function, render the result.
+
+Library code raises CifarError; `user_errors()` turns it into one line on stderr and its
+exit code. Set CIFARCLI_DEBUG=1 to see tracebacks instead.
+"""
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cifarcli import __version__
+from cifarcli.errors import CifarError
+
+app = typer.Typer(
+    help="Train, evaluate, export and serve a small image classifier, one command each.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DataOption = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="CIFAR-10 archive or batches folder, an image folder with train/ and test/, or a .tar.gz/.zip of one. "
+        "Default: download CIFAR-10.",
+    ),
+]
+CacheOption = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Where downloads and decoded pixels are cached [~/.cache/cifarcli]."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")]
+
+
+@contextlib.contextmanager
+def user_errors():
+    try:
+        yield
+    except CifarError as error:
+        if os.environ.get("CIFARCLI_DEBUG"):
+            raise
+        from cifarcli import report
+
+        report.error_line(str(error))
+        raise typer.Exit(error.exit_code) from None
+
+
+def print_json(value) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def version_callback(value: bool):
+    if value:
+        typer.echo(f"cifarcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit.")
+    ] = False,
+):
+    """cifarcli"""
+
+
+def load_data(data, size, cache_dir):
+    from cifarcli import report
+    from cifarcli.data import load_dataset
+
+    with report.progress_callback() as on_progress:
+        dataset = load_dataset(data, size=size, cache_dir=cache_dir, on_progress=on_progress)
+    if dataset.skipped:
+        report.note(f"skipped {len(dataset.skipped)} unreadable image(s), first: {dataset.skipped[0]}")
+    return dataset
+
+
+# ---------------------------------------------------------------- cifar models
+
+
+@app.command("models")
+def models_command(as_json: JsonOption = False):
+    """List the models: parameters, FLOPs per image and description."""
+    from cifarcli import report
+    from cifarcli.models import REGISTRY, describe_model
+
+    rows = [describe_model(name) for name in REGISTRY]
+    if as_json:
+        print_json(rows)
+    else:
+        report.show_models(rows)
+
+
+# ---------------------------------------------------------------- cifar train
+
+
+@app.command("train")
+def train_command(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (see `cifar models`).")] = None,
+    data: DataOption = None,
+    epochs: Annotated[float | None, typer.Option(help="Override the recipe's epochs.", min=0.01)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override the recipe's batch size.", min=1)] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the recipe's peak learning rate.", min=0)] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    tta: Annotated[
+        int | None, typer.Option(help="Test-time augmentation level 0-2 for the final figure.", min=0, max=2)
+    ] = None,
+    name: Annotated[str, typer.Option(help="Run name: runs/train/<name>, numbered if it exists.")] = "exp",
+    out: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs/train"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    resume: Annotated[Path | None, typer.Option(help="Continue a run: its folder or its last.pt.")] = None,
+    cache_dir: CacheOption = None,
+    as_json: JsonOption = False,
+):
+    """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
+    from cifarcli import report
+    from cifarcli.models import DEFAULT_MODEL, get_model_entry
+    from cifarcli.train import TrainingInterrupted, new_run_dir, train
+
+    display = report.TrainDisplay()
+    run_dir = None
+    with user_errors():
+        if resume is not None:
+            run_dir, checkpoint, saved = resume_target(resume)
+            if model and model != saved.model:
+                raise CifarError(f"--model {model}: the run being resumed trained {saved.model}")
+            model = saved.model
+            recipe = get_model_entry(model).recipe.override(**saved.recipe)
+        else:
+            model = model or DEFAULT_MODEL
+            checkpoint = None
+            recipe = get_model_entry(model).recipe
+        recipe = recipe.override(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tta=tta)
+        dataset = load_data(data, 32, cache_dir)
+        if len(dataset.classes) < 2:
+            raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
+        run_dir = run_dir or new_run_dir(out, name)
+        stop_on_sigterm()
+        try:
+            result = train(dataset, model, recipe, run_dir, device, display, resume_from=checkpoint)
+        except (KeyboardInterrupt, TrainingInterrupted) as stop:
+            display.close()
+            code = 143 if isinstance(stop, TrainingInterrupted) else 130
+            last = run_dir / "last.pt"
+            hint = f"resume with: cifar train --resume {run_dir}" if last.exists() else "no epoch had completed"
+            report.note(f"interrupted; {hint}")
+            raise typer.Exit(code) from None
+        finally:
+            display.close()
+    if as_json:
+        print_json(
+            {
+                "run_dir": str(result.run_dir),
+                "test_acc": result.test_acc,
+                "test_acc_tta": result.test_acc_tta,
+                "tta": result.tta,
+                "train_seconds": round(result.train_seconds, 1),
+                "history": result.history,
+            }
+        )
+    else:
+        report.show_training_result(result)
+
+
+def resume_target(path: Path):
+    from cifarcli.checkpoint import load_checkpoint
+
+    checkpoint = path / "last.pt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise CifarError(f"--resume {path}: no last.pt there; give a run folder or its last.pt")
+    saved = load_checkpoint(checkpoint)["info"]
+    return checkpoint.parent, checkpoint, saved
+
+
+def stop_on_sigterm() -> None:
+    from cifarcli.train import TrainingInterrupted
+
+    def handler(signal_number, frame):
+        raise TrainingInterrupted(signal_number)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------- cifar evaluate
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[Path, typer.Argument(help="A .pt checkpoint or an .onnx model from `cifar export`.")],
+    data: DataOption = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Test-time augmentation at the model recipe's level.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 500,
+    out: Annotated[Path | None, typer.Option(help="Write metrics.json and confusion.png here.")] = None,
+    cache_dir: CacheOption = None,
+    as_json: JsonOption = False,
+):
+    """Accuracy, loss, per-class metrics and a confusion matrix on a data split."""
+    from cifarcli import report
+    from cifarcli.classifier import load_classifier
+    from cifarcli.evaluate import evaluate, write_outputs
+
+    with user_errors():
+        if split not in ("train", "test"):
+            raise CifarError(f"--split {split}: choose train or test")
+        classifier = load_classifier(model)
+        dataset = load_data(data, classifier.info.input_size, cache_dir)
+        level = int(classifier.info.recipe.get("tta", 1)) if tta else 0
+        with report.progress_callback() as on_progress:
+            evaluation = evaluate(classifier, dataset, split, level, batch_size, on_progress)
+        written = write_outputs(evaluation, out) if out else []
+    if as_json:
+        print_json(evaluation.to_dict())
+    else:
+        report.show_evaluation(evaluation, written)
+
+
+# ---------------------------------------------------------------- cifar export
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pt checkpoint from `cifar train`.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The .onnx file [beside the checkpoint].")
+    ] = None,
+    opset: Annotated[
+        int | None, typer.Option(help="ONNX opset [the newest both torch and ONNX Runtime support].", min=18)
+    ] = None,
+    data: DataOption = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write <name>.int8.onnx, statically quantized (needs --data).")
+    ] = False,
+    calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate --int8.", min=1)] = 300,
+    cache_dir: CacheOption = None,
+    as_json: JsonOption = False,
+):
+    """Export to one self-describing .onnx file and prove it equals PyTorch."""
+    from dataclasses import asdict
+
+    from cifarcli import report
+    from cifarcli.checkpoint import load_checkpoint
+    from cifarcli.export import export_checkpoint
+
+    with user_errors():
+        info = load_checkpoint(checkpoint)["info"]
+        dataset = load_data(data, info.input_size, cache_dir) if data else None
+        result = export_checkpoint(checkpoint, output, opset, dataset, int8, calibration_images)
+    if as_json:
+        print_json({**asdict(result), "path": str(result.path)})
+    else:
+        report.show_export(result)
+
+
+# ---------------------------------------------------------------- cifar predict
+
+EXIT_SOME_FAILED = 3
+
+
+@app.command("predict")
+def predict_command(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="An .onnx model [the bundled CIFAR-10 model].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.", min=1)] = 256,
+    top_k: Annotated[int, typer.Option(help="Also list the k most likely classes.", min=1)] = 1,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write rows to a .csv, .json or .jsonl file.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")] = True,
+    threads: Annotated[int, typer.Option(help="Decode threads and ONNX Runtime threads [all cores].", min=0)] = 0,
+    as_json: JsonOption = False,
+):
+    """Classify images with an ONNX model. Exit 0: all predicted; 3: some files failed; 2: usage errors."""
+    import time
+
+    from cifarcli import report
+    from cifarcli.classifier import OnnxClassifier
+    from cifarcli.predict import DEFAULT_MODEL, RowWriter, Summary, discover_images, predict_files, row_to_dict
+
+    with user_errors():
+        if model is None:
+            model = DEFAULT_MODEL
+            report.note(f"using the bundled CIFAR-10 model ({DEFAULT_MODEL.name}); pass --model for your own")
+        elif model.suffix.lower() != ".onnx":
+            raise CifarError(f"--model {model}: predict takes an .onnx model; run `cifar export {model}` first")
+        classifier = OnnxClassifier(model, threads)
+        files = discover_images(paths, recursive)
+        if not files:
+            raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")
+        writer = RowWriter(output, top_k) if output else None
+        started, summary = time.perf_counter(), Summary(keep_all=as_json)
+        try:
+            with report.PredictDisplay(len(files)) as display:
+                for row in predict_files(classifier, files, batch_size, top_k, threads):
+                    summary.add(row)
+                    if writer:
+                        writer.write(row)
+                    display.advance(summary.images, summary.failed)
+        finally:
+            if writer:
+                writer.close()
+        summary.seconds = time.perf_counter() - started
+    if as_json:
+        rows = [row_to_dict(row, top_k) for row in summary.rows]
+        print_json({"model": str(model), "summary": summary.totals(), "rows": rows})
+    else:
+        report.show_predictions(summary, top_k, output)
+    if summary.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def main():
+    try:
+        app(prog_name="cifar")
+    except Exception as error:  # a bug, not a user error: one line unless debugging
+        if os.environ.get("CIFARCLI_DEBUG"):
+            raise
+        from cifarcli import report
+
+        report.error_line(f"unexpected {type(error).__name__}: {error} (set CIFARCLI_DEBUG=1 for the traceback)")
+        raise SystemExit(1) from None

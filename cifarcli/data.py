@@ -1,0 +1,311 @@
+"""Data sources for `--data`, decoded once to uint8 arrays and cached.
+
+A source is one of:
+  None                      CIFAR-10 downloaded by torchvision into the cache folder
+  cifar-10-python.tar.gz    the official archive (its pickles are read by a restricted unpickler)
+  cifar-10-batches-py/      the official archive, extracted
+  ROOT/                     an image folder: ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg
+  ROOT.tar.gz|.tgz|.zip     an archive of such an image folder
+
+Whatever the source, the result is a `Dataset` of two `Split`s holding uint8 RGB pixels
+(N, H, W, 3) and int64 labels: pixels stay uint8 until they reach the model.
+"""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import typing
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cifarcli.errors import CifarError, ImageDecodeError
+from cifarcli.images import decode_image, is_image_name
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+
+# (description, done, total): how data code reports progress without knowing the terminal.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: list[str]
+    source: str
+    skipped: list[str] = field(default_factory=list)  # "file: reason" for undecodable images
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "test"):
+            raise CifarError(f"--split {name}: choose train or test")
+        return self.train if name == "train" else self.test
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CIFARCLI_CACHE", Path.home() / ".cache" / "cifarcli"))
+
+
+def load_dataset(
+    source: "str | Path | None",
+    size: int = 32,
+    cache_dir: "Path | None" = None,
+    on_progress: "ProgressCallback | None" = None,
+) -> Dataset:
+    """Load a data source as uint8 splits of size x size, decoding only on the first call."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if source is None:
+        path = download_cifar10(cache_dir)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise CifarError(f"--data {source}: no such file or folder")
+    cache_file = cache_dir / "decoded" / f"{source_fingerprint(path, size)}.npz"
+    if cache_file.exists():
+        return read_cache(cache_file, str(path))
+    dataset = decode_source(path, size, on_progress or (lambda *_: None))
+    write_cache(cache_file, dataset)
+    return dataset
+
+
+def download_cifar10(cache_dir: Path) -> Path:
+    """Download the official archive with torchvision; fail in one line without network."""
+    target = cache_dir / "cifar-10-batches-py"
+    if (target / "batches.meta").exists():
+        return target
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(root=str(cache_dir), download=True)
+    except Exception as error:
+        raise CifarError(
+            f"could not download CIFAR-10 into {cache_dir} ({type(error).__name__}); "
+            "pass --data PATH to a local copy (cifar-10-python.tar.gz, cifar-10-batches-py/, "
+            "or an image folder with train/ and test/)"
+        ) from None
+    return target
+
+
+def source_fingerprint(path: Path, size: int) -> str:
+    """A key that changes when the source's files change (path, sizes, modification times)."""
+    path = path.resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{path}".encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"|{file.relative_to(path.parent)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def read_cache(cache_file: Path, source: str) -> Dataset:
+    with np.load(cache_file, allow_pickle=False) as arrays:
+        return Dataset(
+            train=Split(arrays["train_images"], arrays["train_labels"]),
+            test=Split(arrays["test_images"], arrays["test_labels"]),
+            classes=[str(name) for name in arrays["classes"]],
+            source=source,
+            skipped=[str(line) for line in arrays["skipped"]],
+        )
+
+
+def write_cache(cache_file: Path, dataset: Dataset) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_suffix(f".{os.getpid()}.partial.npz")
+    np.savez(
+        partial,
+        train_images=dataset.train.images,
+        train_labels=dataset.train.labels,
+        test_images=dataset.test.images,
+        test_labels=dataset.test.labels,
+        classes=np.array(dataset.classes),
+        skipped=np.array(dataset.skipped, dtype=str),
+    )
+    os.replace(partial, cache_file)
+
+
+def decode_source(path: Path, size: int, on_progress: ProgressCallback) -> Dataset:
+    name = path.name.lower()
+    if path.is_dir() and (path / "data_batch_1").exists():
+        return read_cifar_batches(lambda member: (path / member).read_bytes(), str(path), size)
+    if path.is_dir():
+        return read_image_folder(iter_folder_images(path), str(path), size, on_progress)
+    if name.endswith(ARCHIVE_SUFFIXES):
+        return decode_archive(path, size, on_progress)
+    raise CifarError(
+        f"--data {path}: not a data source; give an image folder with train/ and test/, "
+        "a .tar.gz/.tgz/.zip of one, or the official cifar-10-python.tar.gz"
+    )
+
+
+def decode_archive(path: Path, size: int, on_progress: ProgressCallback) -> Dataset:
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                members = {info.filename: info for info in archive.infolist() if not info.is_dir()}
+                batches = [m for m in members if m.endswith("cifar-10-batches-py/data_batch_1")]
+                if batches:
+                    prefix = batches[0][: -len("data_batch_1")]
+                    return read_cifar_batches(lambda m: archive.read(prefix + m), str(path), size)
+                images = ((m, archive.read(m)) for m in members if is_image_name(m))
+                return read_image_folder(images, str(path), size, on_progress)
+        with tarfile.open(path, "r:*") as archive:
+            members = {m.name: m for m in archive.getmembers() if m.isfile()}
+            batches = [m for m in members if m.endswith("cifar-10-batches-py/data_batch_1")]
+            if batches:
+                prefix = batches[0][: -len("data_batch_1")]
+                return read_cifar_batches(lambda m: archive.extractfile(members[prefix + m]).read(), str(path), size)
+            images = ((m, archive.extractfile(members[m]).read()) for m in members if is_image_name(m))
+            return read_image_folder(images, str(path), size, on_progress)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+        raise CifarError(f"--data {path}: cannot read the archive ({error})") from None
+
+
+# ---------------------------------------------------------------- the official pickles
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles: allow the few numpy types they hold and nothing that runs code."""
+
+    ALLOWED: typing.ClassVar = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def unpickle_batch(raw: bytes) -> dict:
+    return NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+
+
+def read_cifar_batches(read_member: Callable[[str], bytes], source: str, size: int) -> Dataset:
+    """Read the official layout: data_batch_1..5, test_batch, batches.meta."""
+
+    def read_split(names: list[str]) -> Split:
+        images, labels = [], []
+        for member in names:
+            batch = unpickle_batch(read_member(member))
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            images.append(data.transpose(0, 2, 3, 1))
+            labels.extend(batch[b"labels"])
+        pixels = np.ascontiguousarray(np.concatenate(images))
+        if size != 32:
+            pixels = np.stack([resize_array(image, size) for image in pixels])
+        return Split(pixels, np.asarray(labels, dtype=np.int64))
+
+    try:
+        meta = unpickle_batch(read_member("batches.meta"))
+        classes = [name.decode() for name in meta[b"label_names"]]
+        train = read_split([f"data_batch_{i}" for i in range(1, 6)])
+        test = read_split(["test_batch"])
+    except (KeyError, FileNotFoundError, pickle.UnpicklingError, ValueError, EOFError) as error:
+        raise CifarError(f"--data {source}: not a valid cifar-10-batches-py layout ({error})") from None
+    return Dataset(train, test, classes, source)
+
+
+def resize_array(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def iter_folder_images(root: Path) -> Iterator[tuple[str, Path]]:
+    for split in ("train", "test"):
+        for file in sorted((root / split).glob("*/*")):
+            if is_image_name(file.name) and not file.name.startswith("."):
+                yield str(file.relative_to(root)), file
+
+
+def read_image_folder(
+    items: "Iterator[tuple[str, bytes | Path]]", source: str, size: int, on_progress: ProgressCallback
+) -> Dataset:
+    """items: (path inside the source, bytes or file). Paths end in <split>/<class>/<file>."""
+    entries = []
+    for name, payload in items:
+        parts = Path(name).parts
+        if len(parts) >= 3 and parts[-3] in ("train", "test") and not parts[-1].startswith("."):
+            entries.append((parts[-3], parts[-2], name, payload))
+    classes = sorted({cls for split, cls, _, _ in entries if split == "train"})
+    test_classes = sorted({cls for split, cls, _, _ in entries if split == "test"})
+    if not classes or not test_classes:
+        raise CifarError(f"--data {source}: expected images under train/<class>/ and test/<class>/")
+    if not set(test_classes) <= set(classes):
+        extra = ", ".join(sorted(set(test_classes) - set(classes)))
+        raise CifarError(f"--data {source}: test/ has classes that train/ lacks: {extra}")
+
+    def decode(entry):
+        _, _, name, payload = entry
+        try:
+            return decode_image(payload, size), None
+        except ImageDecodeError as error:
+            return None, f"{name}: {str(error).split(': ', 1)[-1]}"
+
+    results = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for done, result in enumerate(pool.map(decode, entries, chunksize=256), 1):
+            results.append(result)
+            if done % 1000 == 0 or done == len(entries):
+                on_progress("decoding images", done, len(entries))
+
+    index = {name: i for i, name in enumerate(classes)}
+    splits, skipped = {}, []
+    for split in ("train", "test"):
+        pixels, labels = [], []
+        for (entry_split, cls, _, _), (image, error) in zip(entries, results, strict=False):
+            if entry_split != split:
+                continue
+            if error:
+                skipped.append(error)
+                continue
+            pixels.append(image)
+            labels.append(index[cls])
+        if not pixels:
+            raise CifarError(f"--data {source}: no readable images in {split}/")
+        splits[split] = Split(np.stack(pixels), np.asarray(labels, dtype=np.int64))
+    return Dataset(splits["train"], splits["test"], classes, source, skipped)
+
+
+def describe(dataset: Dataset) -> dict:
+    return {
+        "source": dataset.source,
+        "classes": dataset.classes,
+        "train": len(dataset.train),
+        "test": len(dataset.test),
+        "skipped": len(dataset.skipped),
+        "image_size": list(dataset.train.images.shape[1:3]),
+    }
+
+
+def fingerprint_for_recipe(dataset: Dataset) -> str:
+    """Identifies the data a run trained on, so that resume can refuse a different one."""
+    payload = json.dumps([dataset.classes, len(dataset.train), len(dataset.test)])
+    digest = hashlib.sha256(payload.encode())
+    digest.update(dataset.train.labels.tobytes())
+    digest.update(dataset.train.images[:: max(1, len(dataset.train) // 64)].tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,17 @@
+"""The one exception type the library raises for anything a user can fix.
+
+Logic code raises `CifarError` with a message that names the file or option and the fix;
+only `cli.py` turns it into a one-line message and an exit code.
+"""
+
+
+class CifarError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ImageDecodeError(CifarError):
+    """One image file could not be turned into pixels (reported per file, never fatal)."""

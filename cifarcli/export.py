@@ -1,0 +1,223 @@
+"""Export a checkpoint to one self-describing .onnx file, prove it equals PyTorch, optionally INT8.
+
+The graph takes float32 NCHW RGB in [0, 1] with a dynamic batch axis and normalises inside
+itself; metadata_props carry the model description (onnx_model.py). The file is written
+beside its destination and only replaces it once every check has passed.
+"""
+
+import datetime
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cifarcli.classifier import OnnxClassifier, TorchClassifier
+from cifarcli.data import Dataset
+from cifarcli.errors import CifarError
+from cifarcli.onnx_model import metadata_for
+
+MAX_ABS_DIFF = 1e-4  # fp32 logits, ONNX Runtime against PyTorch
+PARITY_IMAGES = 1000
+SPEED_BATCH = 256
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    size_bytes: int
+    opset: int
+    images_checked: int
+    checked_on: str  # "test split" or "generated images"
+    max_abs_diff: float
+    agreement: float
+    ort_images_per_s: float
+    int8: dict = field(default_factory=dict)  # path, size, accuracies and speeds when --int8
+
+
+def newest_supported_opset() -> int:
+    """The newest opset that both torch's exporter writes and the installed ONNX Runtime loads."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from torch.onnx import _constants  # the exporter's own limit; no public name exists
+
+    probe_value = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in "xy"]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", probe_value[:1], probe_value[1:])
+    for opset in range(min(onnx.defs.onnx_opset_version(), _constants.ONNX_MAX_OPSET), 17, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:
+            continue
+    return 18
+
+
+def export_onnx(model, input_size: int, opset: int, metadata: dict, path: Path) -> None:
+    import onnx
+    import torch
+
+    example = torch.rand(2, 3, input_size, input_size)
+    try:
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
+    except Exception as error:
+        raise CifarError(f"--opset {opset}: torch could not export the model ({type(error).__name__})") from None
+    proto = program.model_proto
+    proto.doc_string = "cifarcli image classifier: input 'images' float32 NCHW RGB in [0,1]; output 'logits'"
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def parity_images(dataset: "Dataset | None", input_size: int) -> tuple[np.ndarray, str]:
+    if dataset is not None:
+        return dataset.test.images[:PARITY_IMAGES], "test split"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (256, input_size, input_size, 3), dtype=np.uint8), "generated images"
+
+
+def ort_speed(classifier, images: np.ndarray, seconds: float = 2.0) -> float:
+    """Images/s at batch SPEED_BATCH; the batch is padded to that size, best of the repeats."""
+    batch = np.resize(images, (SPEED_BATCH, *images.shape[1:]))
+    classifier.predict_logits(batch)
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        started = time.perf_counter()
+        classifier.predict_logits(batch)
+        elapsed = time.perf_counter() - started
+        spent += elapsed
+        best = max(best, SPEED_BATCH / elapsed)
+    return best
+
+
+def accuracy(classifier, split) -> float:
+    from cifarcli.classifier import predict_in_batches
+
+    logits = predict_in_batches(classifier, split.images, SPEED_BATCH)
+    return float((logits.argmax(1) == split.labels).mean())
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    output: "Path | None" = None,
+    opset: "int | None" = None,
+    dataset: "Dataset | None" = None,
+    int8: bool = False,
+    calibration_images: int = 300,
+    threads: int = 0,
+) -> ExportReport:
+    torch_model = TorchClassifier.from_checkpoint(checkpoint)
+    info = torch_model.info
+    if dataset is not None and dataset.classes != info.classes:
+        raise CifarError(f"--data {dataset.source}: its classes differ from the checkpoint's {info.classes}")
+    if int8 and dataset is None:
+        raise CifarError("--int8 needs --data: calibration uses training images and the report test accuracy")
+    output = Path(output) if output else Path(checkpoint).with_suffix(".onnx")
+    if output.suffix.lower() != ".onnx":
+        raise CifarError(f"-o {output}: the output file must end in .onnx")
+    if output.is_dir():
+        raise CifarError(f"-o {output}: is a folder; give a file name ending in .onnx")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    opset = opset or newest_supported_opset()
+    export_date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp.onnx")
+    try:
+        export_onnx(torch_model.model, info.input_size, opset, metadata_for(info, export_date), temp)
+        onnx_model = OnnxClassifier(temp, threads)  # runs onnx.checker with full_check
+        images, checked_on = parity_images(dataset, info.input_size)
+        expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)
+        max_diff = float(np.abs(expected - actual).max())
+        agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
+        if max_diff > MAX_ABS_DIFF or agreement < 1.0:
+            raise CifarError(
+                f"{output}: ONNX Runtime differs from PyTorch (max |diff| {max_diff:.2e} > {MAX_ABS_DIFF:g} "
+                f"or top-1 agreement {agreement:.2%} < 100%); not written, try another --opset"
+            )
+        report = ExportReport(
+            output,
+            temp.stat().st_size,
+            opset,
+            len(images),
+            checked_on,
+            max_diff,
+            agreement,
+            ort_speed(onnx_model, images),
+        )
+        if int8:
+            report.int8 = quantize_int8(
+                temp, output, dataset, calibration_images, onnx_model, threads, info, export_date
+            )
+        os.replace(temp, output)
+        return report
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def quantize_int8(fp32_path: Path, output: Path, dataset: Dataset, count: int, fp32_model, threads, info, export_date):
+    """Static QDQ quantization (per-channel int8 weights, int8 activations) with ONNX Runtime's
+    own tools, calibrated on training images; returns accuracies and speeds of both models."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from cifarcli.classifier import to_model_input
+
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(dataset.train), size=min(count, len(dataset.train)), replace=False)
+    calibration = dataset.train.images[np.sort(picks)]
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([calibration[i : i + 32] for i in range(0, len(calibration), 32)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": to_model_input(batch)}
+
+    int8_path = output.with_name(output.stem + ".int8.onnx")
+    prepared = output.with_name(f".{output.stem}.{os.getpid()}.prep.onnx")
+    temp = output.with_name(f".{int8_path.name}.{os.getpid()}.tmp.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(temp),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
+        proto = onnx.load(str(temp))
+        del proto.metadata_props[:]
+        for key, value in metadata_for(info, export_date).items():
+            proto.metadata_props.add(key=key, value=value)
+        proto.metadata_props.add(key="quantization", value="int8 static QDQ, per-channel weights")
+        onnx.save_model(proto, str(temp), save_as_external_data=False)
+        int8_model = OnnxClassifier(temp, threads)
+        result = {
+            "path": str(int8_path),
+            "size_bytes": temp.stat().st_size,
+            "calibration_images": len(calibration),
+            "fp32_test_acc": accuracy(fp32_model, dataset.test),
+            "int8_test_acc": accuracy(int8_model, dataset.test),
+            "fp32_images_per_s": ort_speed(fp32_model, dataset.test.images[:SPEED_BATCH]),
+            "int8_images_per_s": ort_speed(int8_model, dataset.test.images[:SPEED_BATCH]),
+        }
+        os.replace(temp, int8_path)
+        return result
+    finally:
+        prepared.unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,249 @@
+"""Batch predictions on folders of images through ONNX Runtime; never imports torch.
+
+The pipeline: discover image files -> decode on worker threads (a bounded window of futures,
+so memory stays flat however many files) -> batches through ONNX Runtime -> rows, one per
+image file found, written as they are produced. A file that cannot be decoded becomes an
+error row; it never ends the batch.
+"""
+
+import csv
+import glob
+import json
+import os
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cifarcli.errors import CifarError, ImageDecodeError
+from cifarcli.images import decode_image, is_image_name
+
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.onnx"
+GLOB_CHARACTERS = set("*?[")
+
+
+@dataclass
+class Row:
+    path: str
+    label: str = ""
+    confidence: float = 0.0
+    top_k: tuple = ()  # ((label, probability), ...)
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    """Counts for the closing line and table; keeps every row only when asked (--json)."""
+
+    keep_all: bool = False
+    shown: int = 20  # rows kept for the table when not keeping all
+    rows: list = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    images: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def add(self, row: Row) -> None:
+        self.images += 1
+        self.failed += bool(row.error)
+        self.counts[row.label or "(failed)"] += 1
+        if self.keep_all or len(self.rows) < self.shown:
+            self.rows.append(row)
+
+    def totals(self) -> dict:
+        rate = self.images / self.seconds if self.seconds else 0.0
+        return {
+            "images": self.images,
+            "predicted": self.images - self.failed,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(rate, 1),
+        }
+
+
+# ---------------------------------------------------------------- finding the files
+
+
+def discover_images(paths: Iterable[str], recursive: bool = True) -> list[Path]:
+    """Image files under the given files, folders and globs, in a stable order, each once.
+
+    Hidden files and folders and non-image names are skipped silently; symlinks are followed,
+    and a folder reached twice (a symlink loop) is walked once.
+    """
+    found, seen_files, seen_dirs = [], set(), set()
+
+    def add_file(path: Path):
+        key = os.path.abspath(path)
+        if key not in seen_files:
+            seen_files.add(key)
+            found.append(path)
+
+    def walk(folder: Path):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            return
+        seen_dirs.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if path.is_dir():
+                if recursive:
+                    walk(path)
+            elif is_image_name(entry.name):
+                add_file(path)  # broken links too: they become error rows
+
+    for given in paths:
+        matches = [Path(given)]
+        if not os.path.lexists(given) and GLOB_CHARACTERS & set(given):
+            matches = [Path(match) for match in sorted(glob.glob(given, recursive=True))]
+            if not matches:
+                raise CifarError(f"{given}: the pattern matches no files")
+        for path in matches:
+            if path.is_dir():
+                walk(path)
+            elif os.path.lexists(path):
+                if is_image_name(path.name):
+                    add_file(path)
+            else:
+                raise CifarError(f"{path}: no such file or folder")
+    return found
+
+
+# ---------------------------------------------------------------- decoding and inference
+
+
+def decoded_in_order(files: list[Path], size: int, threads: int, window: int) -> Iterator[tuple[Path, object]]:
+    """(file, pixels or error message) in input order, at most `window` decodes in flight."""
+
+    def decode(path: Path):
+        try:
+            return decode_image(path, size)
+        except ImageDecodeError as error:
+            return str(error).removeprefix(f"{path}: ")
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending: deque = deque()
+        upcoming = iter(files)
+        for path in upcoming:
+            pending.append((path, pool.submit(decode, path)))
+            if len(pending) >= window:
+                break
+        while pending:
+            path, future = pending.popleft()
+            next_path = next(upcoming, None)
+            if next_path is not None:
+                pending.append((next_path, pool.submit(decode, next_path)))
+            yield path, future.result()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def predict_files(
+    classifier, files: list[Path], batch_size: int = 256, top_k: int = 1, threads: int = 0
+) -> Iterator[Row]:
+    """Rows in the order of `files`, batch by batch. The last batch is padded to the batch size:
+    ONNX Runtime keeps memory for every new input shape it sees."""
+    threads = threads or os.cpu_count() or 1
+    classes = classifier.info.classes
+    top_k = max(1, min(top_k, len(classes)))
+    pending_rows: list[Row] = []
+    pixels: list[np.ndarray] = []
+
+    def flush() -> list[Row]:
+        if pixels:
+            batch = np.stack(pixels)
+            padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), np.uint8)])
+            probabilities = softmax(classifier.predict_logits(padded)[: len(batch)])
+            ranked = np.argsort(-probabilities, axis=1)[:, :top_k]
+            waiting = iter(row for row in pending_rows if not row.error)
+            for row, order, probs in zip(waiting, ranked, probabilities, strict=False):
+                row.label, row.confidence = classes[order[0]], float(probs[order[0]])
+                row.top_k = tuple((classes[i], float(probs[i])) for i in order)
+        done = list(pending_rows)
+        pending_rows.clear()
+        pixels.clear()
+        return done
+
+    for path, result in decoded_in_order(files, classifier.info.input_size, threads, window=2 * batch_size):
+        if isinstance(result, str):
+            pending_rows.append(Row(str(path), error=result))
+        else:
+            pending_rows.append(Row(str(path)))
+            pixels.append(result)
+        if len(pixels) == batch_size:
+            yield from flush()
+    yield from flush()
+
+
+# ---------------------------------------------------------------- writing rows
+
+
+class RowWriter:
+    """Writes rows as they come (.csv, .json or .jsonl by extension), each flushed at once."""
+
+    def __init__(self, path: Path, top_k: int):
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".json", ".jsonl"):
+            raise CifarError(f"--output {path}: use a .csv, .json or .jsonl file name")
+        if path.is_dir():
+            raise CifarError(f"--output {path}: is a folder; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "w", newline="" if suffix == ".csv" else None)
+        except OSError as error:
+            raise CifarError(f"--output {path}: cannot write there ({error.strerror})") from None
+        self.kind, self.top_k, self.count = suffix, top_k, 0
+        if suffix == ".csv":
+            self.csv = csv.writer(self.file)
+            extra = (
+                [f"top{i}_{part}" for i in range(1, top_k + 1) for part in ("label", "confidence")] if top_k > 1 else []
+            )
+            self.csv.writerow(["path", "label", "confidence", *extra, "error"])
+        elif suffix == ".json":
+            self.file.write("[")
+
+    def write(self, row: Row) -> None:
+        if self.kind == ".csv":
+            extra = []
+            if self.top_k > 1:
+                pairs = list(row.top_k) + [("", None)] * (self.top_k - len(row.top_k))
+                extra = [value for label, p in pairs for value in (label, "" if p is None else f"{p:.6f}")]
+            confidence = f"{row.confidence:.6f}" if row.label else ""
+            self.csv.writerow([row.path, row.label, confidence, *extra, row.error])
+        else:
+            text = json.dumps(row_to_dict(row, self.top_k))
+            if self.kind == ".json":
+                text = ("\n  " if self.count == 0 else ",\n  ") + text
+            else:
+                text += "\n"
+            self.file.write(text)
+        self.count += 1
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.kind == ".json":
+            self.file.write("\n]\n" if self.count else "]\n")
+        self.file.close()
+
+
+def row_to_dict(row: Row, top_k: int) -> dict:
+    value = {
+        "path": row.path,
+        "label": row.label or None,
+        "confidence": round(row.confidence, 6) if row.label else None,
+        "error": row.error or None,
+    }
+    if top_k > 1:
+        value["top_k"] = [{"label": label, "confidence": round(p, 6)} for label, p in row.top_k]
+    return value

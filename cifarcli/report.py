@@ -1,0 +1,288 @@
+"""All terminal output: rich tables and progress bars, plain lines when not on a terminal.
+
+Results go to stdout; progress, notes and errors go to stderr. Rich honours NO_COLOR itself;
+bars are drawn only when stderr is a terminal, so logs get one plain line per epoch instead.
+"""
+
+import contextlib
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+out = Console()
+err = Console(stderr=True)
+
+
+def error_line(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err.print(message, highlight=False, soft_wrap=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, from rich's own speed estimate."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f}/s" if speed else "-/s")
+
+
+def new_progress(*extra_columns) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
+    )
+
+
+@contextlib.contextmanager
+def progress_callback():
+    """Yields on_progress(description, done, total) that drives one bar per description."""
+    with new_progress(RateColumn()) as progress:
+        tasks = {}
+
+        def on_progress(description: str, done: int, total: int) -> None:
+            if description not in tasks:
+                tasks[description] = progress.add_task(description, total=total)
+            progress.update(tasks[description], completed=done)
+
+        yield on_progress
+
+
+# ---------------------------------------------------------------- training
+
+
+class TrainDisplay:
+    """Implements train.py's events: a live bar per epoch, or one line per epoch in logs."""
+
+    def __init__(self):
+        self.progress = None
+        self.task = None
+
+    def start(self, model_name, run_dir, epochs, steps_per_epoch, device, autocast_dtype):
+        precision = str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32"
+        note(f"training [bold]{model_name}[/] for {epochs} epochs on {device} ({precision}) -> {run_dir}")
+        self.epochs = epochs
+        self.progress = new_progress(
+            TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}  {task.fields[rate]:.0f} img/s")
+        )
+        self.progress.start()
+
+    def epoch_start(self, epoch, steps):
+        self.task = self.progress.add_task(f"epoch {epoch}/{self.epochs}", total=steps, loss=0.0, acc=0.0, rate=0.0)
+
+    def step(self, step, loss, acc, images_per_s):
+        self.progress.update(self.task, completed=step, loss=loss, acc=acc, rate=images_per_s)
+
+    def epoch_end(self, row):
+        line = (
+            f"epoch {row['epoch']}/{self.epochs}  "
+            f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
+            f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  {row['seconds']:.1f}s  "
+            f"{row['images_per_s']:.0f} img/s"
+        )
+        if self.progress.disable:
+            note(line)
+
+    def close(self):
+        if self.progress:
+            self.progress.stop()
+
+
+def show_training_result(result) -> None:
+    table = Table(title=f"Training: {result.run_dir}")
+    for column in ("epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds", "img/s"):
+        table.add_column(column, justify="right")
+    for row in result.history:
+        table.add_row(
+            str(row["epoch"]),
+            f"{row['train_loss']:.4f}",
+            f"{row['train_acc']:.2%}",
+            f"{row['test_loss']:.4f}",
+            f"{row['test_acc']:.2%}",
+            f"{row['lr']:.4g}",
+            f"{row['seconds']:.1f}",
+            f"{row['images_per_s']:.0f}",
+        )
+    out.print(table)
+    out.print(
+        f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%}; "
+        f"training {result.train_seconds:.0f} s"
+    )
+    files = ", ".join(
+        name
+        for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.json")
+        if (Path(result.run_dir) / name).exists()
+    )
+    out.print(f"wrote {files} to {result.run_dir}")
+
+
+def show_models(rows: list[dict]) -> None:
+    table = Table(title="Models")
+    for column, justify in (
+        ("name", "left"),
+        ("parameters", "right"),
+        ("GFLOPs/image", "right"),
+        ("epochs", "right"),
+        ("description", "left"),
+    ):
+        table.add_column(column, justify=justify)
+    for row in rows:
+        name = f"{row['name']} (default)" if row["default"] else row["name"]
+        table.add_row(name, f"{row['parameters']:,}", f"{row['gflops']:.3f}", f"{row['epochs']:g}", row["description"])
+    out.print(table)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def show_evaluation(evaluation, written) -> None:
+    tta = f", TTA level {evaluation.tta}" if evaluation.tta else ""
+    out.print(
+        f"[bold]{evaluation.model}[/] on the {evaluation.split} split of {evaluation.data} "
+        f"({evaluation.images:,} images{tta})",
+        highlight=False,
+    )
+    out.print(f"accuracy [bold]{evaluation.accuracy:.2%}[/]  loss {evaluation.loss:.4f}")
+    table = Table(title="Per class")
+    for column, justify in (
+        ("class", "left"),
+        ("precision", "right"),
+        ("recall", "right"),
+        ("F1", "right"),
+        ("support", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for row in evaluation.per_class:
+        table.add_row(
+            row["name"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
+        )
+    out.print(table)
+    out.print(confusion_table(evaluation))
+    pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in evaluation.most_confused)
+    out.print(f"most confused (true -> predicted): {pairs or 'none'}")
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+def confusion_table(evaluation) -> Table:
+    """Counts shaded by their share of the row: the diagonal green, mistakes red."""
+    table = Table(title="Confusion matrix (rows: true, columns: predicted)")
+    short = [name[:5] for name in evaluation.classes]
+    table.add_column("true \\ pred")
+    for name in short:
+        table.add_column(name, justify="right")
+    for index, (name, row) in enumerate(zip(evaluation.classes, evaluation.confusion, strict=False)):
+        total = max(1, sum(row))
+        cells = []
+        for column, count in enumerate(row):
+            share = count / total
+            if column == index:
+                style = "bold green" if share > 0.5 else "green"
+            else:
+                style = "bold red" if share > 0.1 else "red" if share > 0.03 else "dim"
+            cells.append(f"[{style}]{count}[/]")
+        table.add_row(name, *cells)
+    return table
+
+
+# ---------------------------------------------------------------- export
+
+
+def show_export(result) -> None:
+    table = Table(title=f"Export: {result.path}")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    table.add_row("file size", f"{result.size_bytes / 1e6:.2f} MB")
+    table.add_row("opset", str(result.opset))
+    table.add_row(f"images compared ({result.checked_on})", f"{result.images_checked:,}")
+    table.add_row("max |logit difference| vs PyTorch", f"{result.max_abs_diff:.2e}")
+    table.add_row("top-1 agreement", f"{result.agreement:.2%}")
+    table.add_row("ONNX Runtime images/s (batch 256)", f"{result.ort_images_per_s:,.0f}")
+    out.print(table)
+    if result.int8:
+        q = result.int8
+        table = Table(title=f"INT8: {q['path']}")
+        for column in ("model", "size MB", "test accuracy", "images/s (batch 256)"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            "fp32", f"{result.size_bytes / 1e6:.2f}", f"{q['fp32_test_acc']:.2%}", f"{q['fp32_images_per_s']:,.0f}"
+        )
+        table.add_row(
+            "int8", f"{q['size_bytes'] / 1e6:.2f}", f"{q['int8_test_acc']:.2%}", f"{q['int8_images_per_s']:,.0f}"
+        )
+        out.print(table)
+
+
+# ---------------------------------------------------------------- predict
+
+
+class PredictDisplay:
+    def __init__(self, total: int):
+        self.progress = new_progress(RateColumn(), TextColumn("{task.fields[failed]} failed"))
+        self.total = total
+
+    def __enter__(self):
+        self.progress.start()
+        self.task = self.progress.add_task("predicting", total=self.total, failed=0)
+        return self
+
+    def advance(self, done: int, failed: int) -> None:
+        self.progress.update(self.task, completed=done, failed=failed)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+
+def show_predictions(summary, top_k: int, output) -> None:
+    table = Table(
+        title="Predictions"
+        + (f" (first {len(summary.rows)} of {summary.images:,})" if summary.images > len(summary.rows) else "")
+    )
+    table.add_column("path", overflow="fold")
+    table.add_column("class")
+    table.add_column("confidence", justify="right")
+    if top_k > 1:
+        table.add_column(f"top {top_k}")
+    for row in summary.rows:
+        cells = [
+            row.path,
+            row.label or "[red]failed[/]",
+            f"{row.confidence:.1%}" if row.label else f"[red]{row.error}[/]",
+        ]
+        if top_k > 1:
+            cells.append(", ".join(f"{label} {p:.0%}" for label, p in row.top_k))
+        table.add_row(*cells)
+    out.print(table)
+    if summary.images > len(summary.rows):
+        counts = Table(title="Per class")
+        counts.add_column("class")
+        counts.add_column("images", justify="right")
+        for label, count in summary.counts.most_common():
+            counts.add_row(label, f"{count:,}")
+        out.print(counts)
+    totals = summary.totals()
+    out.print(
+        f"{totals['images']:,} images, {totals['predicted']:,} predicted, {totals['failed']:,} failed, "
+        f"{totals['seconds']:.2f} s, {totals['images_per_s']:,.0f} images/s" + (f"; rows in {output}" if output else "")
+    )
