@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cifarcli import __version__
-from cifarcli.errors import CifarError
+from cifarcli.errors import CifarError, first_line
 
 CHECKPOINT_FORMAT = 1
 
@@ -49,7 +49,7 @@ class ModelInfo:
             if len(info.mean) != 3 or len(info.std) != 3 or int(info.input_size) < 8:
                 raise ValueError("mean/std need 3 values and input_size at least 8")
         except (TypeError, ValueError) as error:
-            raise CifarError(f"{source}: malformed model description ({error})") from None
+            raise CifarError(f"{source}: malformed model description ({first_line(error)})") from None
         return info
 
 
@@ -93,8 +93,7 @@ def load_checkpoint(path: "str | Path") -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-        raise CifarError(f"{path}: refused, not a plain-weights checkpoint ({first_line[:160]})") from None
+        raise CifarError(f"{path}: refused, not a plain-weights checkpoint ({first_line(error, 160)})") from None
     except Exception as error:
         raise CifarError(f"{path}: not a cifarcli checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "model" not in payload:
@@ -112,7 +111,7 @@ def build_model(info: ModelInfo, state_dict: dict, source: str = "checkpoint"):
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise CifarError(f"{source}: weights do not fit model {info.model} ({str(error).splitlines()[0]})") from None
+        raise CifarError(f"{source}: weights do not fit model {info.model} ({first_line(error)})") from None
     return model.eval()
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cifarcli import __version__
-from cifarcli.errors import CifarError
+from cifarcli.errors import CifarError, first_line
 
 app = typer.Typer(
     help="Train, evaluate, export and serve a small image classifier, one command each.",
@@ -327,5 +327,7 @@ def main():
             raise
         from cifarcli import report
 
-        report.error_line(f"unexpected {type(error).__name__}: {error} (set CIFARCLI_DEBUG=1 for the traceback)")
+        report.error_line(
+            f"unexpected {type(error).__name__}: {first_line(error)} (set CIFARCLI_DEBUG=1 for the traceback)"
+        )
         raise SystemExit(1) from None

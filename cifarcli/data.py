@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarcli.errors import CifarError, ImageDecodeError
+from cifarcli.errors import CifarError, ImageDecodeError, first_line
 from cifarcli.images import decode_image, is_image_name
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -175,7 +175,7 @@ def decode_archive(path: Path, size: int, on_progress: ProgressCallback) -> Data
             images = ((m, archive.extractfile(members[m]).read()) for m in members if is_image_name(m))
             return read_image_folder(images, str(path), size, on_progress)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        raise CifarError(f"--data {path}: cannot read the archive ({error})") from None
+        raise CifarError(f"--data {path}: cannot read the archive ({first_line(error)})") from None
 
 
 # ---------------------------------------------------------------- the official pickles
@@ -189,6 +189,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
     }
 
     def find_class(self, module, name):
@@ -222,7 +223,7 @@ def read_cifar_batches(read_member: Callable[[str], bytes], source: str, size: i
         train = read_split([f"data_batch_{i}" for i in range(1, 6)])
         test = read_split(["test_batch"])
     except (KeyError, FileNotFoundError, pickle.UnpicklingError, ValueError, EOFError) as error:
-        raise CifarError(f"--data {source}: not a valid cifar-10-batches-py layout ({error})") from None
+        raise CifarError(f"--data {source}: not a valid cifar-10-batches-py layout ({first_line(error)})") from None
     return Dataset(train, test, classes, source)
 
 
@@ -251,6 +252,7 @@ def read_image_folder(
         parts = Path(name).parts
         if len(parts) >= 3 and parts[-3] in ("train", "test") and not parts[-1].startswith("."):
             entries.append((parts[-3], parts[-2], name, payload))
+    entries.sort(key=lambda entry: (entry[0], entry[1], Path(entry[2]).name))  # archive order varies
     classes = sorted({cls for split, cls, _, _ in entries if split == "train"})
     test_classes = sorted({cls for split, cls, _, _ in entries if split == "test"})
     if not classes or not test_classes:

@@ -15,3 +15,9 @@ class CifarError(Exception):
 
 class ImageDecodeError(CifarError):
     """One image file could not be turned into pixels (reported per file, never fatal)."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """A third-party exception's message cut to one line, for our one-line errors."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:limit]

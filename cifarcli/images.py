@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from cifarcli.errors import ImageDecodeError
+from cifarcli.errors import ImageDecodeError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Composite transparent pixels onto mid grey: neither black nor white biases a class.
@@ -69,10 +69,9 @@ def decode_image(source: "str | Path | bytes", size: int) -> np.ndarray:
             image = ImageOps.exif_transpose(image)
             pixels = np.asarray(fit_to_square(to_rgb(image), size), dtype=np.uint8)
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({error})") from None
+        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({first_line(error)})") from None
     except Exception as error:  # Pillow's plugins raise a zoo of types on hostile input
-        reason = str(error) or type(error).__name__
-        raise ImageDecodeError(f"{name}: not a readable image ({reason})") from None
+        raise ImageDecodeError(f"{name}: not a readable image ({first_line(error)})") from None
     if pixels.shape != (size, size, 3):
         raise ImageDecodeError(f"{name}: decoded to an unexpected shape {pixels.shape}")
     return pixels

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from cifarcli.checkpoint import ModelInfo
-from cifarcli.errors import CifarError
+from cifarcli.errors import CifarError, first_line
 
 INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = "float32 RGB in [0, 1]"
@@ -52,7 +52,9 @@ def info_from_metadata(metadata: dict[str, str], source: str) -> ModelInfo:
             "version": metadata.get("cifarcli_version", "unknown"),
         }
     except (KeyError, ValueError, TypeError) as error:
-        raise CifarError(f"{source}: malformed cifarcli metadata ({type(error).__name__}: {error})") from None
+        raise CifarError(
+            f"{source}: malformed cifarcli metadata ({type(error).__name__}: {first_line(error)})"
+        ) from None
     return ModelInfo.from_dict(values, source)
 
 
@@ -72,7 +74,7 @@ def check_with_onnx(serialized: bytes, source: str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as error:
-        raise CifarError(f"{source}: fails onnx.checker ({str(error).splitlines()[0][:200]})") from None
+        raise CifarError(f"{source}: fails onnx.checker ({first_line(error)})") from None
 
 
 def open_onnx_model(path: "str | Path", threads: int = 0):
@@ -91,6 +93,6 @@ def open_onnx_model(path: "str | Path", threads: int = 0):
         # From bytes, not the path: ONNX Runtime then cannot resolve external data next to it.
         session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise CifarError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0][:200]})") from None
+        raise CifarError(f"{path}: not a loadable ONNX model ({first_line(error)})") from None
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     return info_from_metadata(metadata, str(path)), session

@@ -1,0 +1,91 @@
+"""Training: a real model learns held-out data; the run folder holds what it promises;
+checkpoints load with weights_only; same seed, same history; resume equals no interruption."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cifarcli.checkpoint import load_checkpoint
+from cifarcli.models import REGISTRY, get_model_entry
+from cifarcli.train import HISTORY_FIELDS, lr_factor, train
+
+
+def test_tutorial_learns_held_out_shapes(trained_run):
+    assert trained_run.test_acc >= 0.9  # three classes: chance is 0.33
+    assert trained_run.test_acc_tta >= 0.9
+
+
+def test_run_folder_holds_checkpoints_history_curves_and_config(trained_run):
+    run_dir = trained_run.run_dir
+    for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    with open(run_dir / "history.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == HISTORY_FIELDS
+    assert [int(row["epoch"]) for row in rows] == list(range(1, 9))
+    assert float(rows[-1]["test_acc"]) == trained_run.test_acc
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "tutorial" and config["recipe"]["epochs"] == 8
+    assert config["data"]["classes"] == ["disc", "horizontal", "vertical"]
+
+
+def test_checkpoint_is_plain_weights_with_json_safe_metadata(trained_run):
+    raw = torch.load(trained_run.run_dir / "last.pt", weights_only=True)
+    json.dumps(raw["info"])  # JSON-safe
+    info = load_checkpoint(trained_run.run_dir / "last.pt")["info"]
+    assert info.model == "tutorial" and info.classes == ["disc", "horizontal", "vertical"]
+    assert info.input_size == 32 and len(info.mean) == 3 and info.epoch == 8
+    assert info.metrics["test_acc"] == trained_run.test_acc
+    assert info.metrics["test_acc_tta"] == trained_run.test_acc_tta
+
+
+def test_lr_schedule_is_piecewise_linear():
+    recipe = get_model_entry("airbench94").recipe
+    assert lr_factor(0, 100, recipe) == pytest.approx(0.2)
+    assert lr_factor(23, 100, recipe) == pytest.approx(1.0)
+    assert lr_factor(100, 100, recipe) == pytest.approx(0.07)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_model_trains_a_step_and_evaluates(name, dataset, tmp_path):
+    recipe = get_model_entry(name).recipe.override(epochs=1, batch_size=120, tta=1)
+    result = train(dataset, name, recipe, tmp_path, device="cpu")
+    assert len(result.history) == 1 and 0.0 <= result.test_acc <= 1.0
+    assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_same_seed_gives_identical_history(dataset, tmp_path):
+    recipe = get_model_entry("tutorial").recipe.override(epochs=2, batch_size=64, seed=3)
+    first = train(dataset, "tutorial", recipe, tmp_path / "a", device="cpu")
+    second = train(dataset, "tutorial", recipe, tmp_path / "b", device="cpu")
+    strip = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in first.history]
+    assert strip == [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in second.history]
+
+
+@pytest.mark.parametrize("name", ["tutorial", "airbench-cpu"])
+def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, tmp_path):
+    recipe = get_model_entry(name).recipe.override(epochs=3, batch_size=80)
+    whole = train(dataset, name, recipe, tmp_path / "whole", device="cpu")
+
+    class StopAfterEpoch2:
+        def start(self, *args): ...
+        def epoch_start(self, epoch, steps): ...
+        def step(self, *args): ...
+
+        def epoch_end(self, row):
+            if row["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, name, recipe, tmp_path / "cut", device="cpu", events=StopAfterEpoch2())
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["info"].epoch == 2
+    resumed = train(dataset, name, recipe, tmp_path / "cut", device="cpu", resume_from=tmp_path / "cut" / "last.pt")
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    whole_state = load_checkpoint(whole.run_dir / "last.pt")["model"]
+    resumed_state = load_checkpoint(resumed.run_dir / "last.pt")["model"]
+    for key, tensor in whole_state.items():
+        torch.testing.assert_close(resumed_state[key], tensor, rtol=0, atol=0, msg=key)
