@@ -9,6 +9,7 @@ It loads with torch.load(path, weights_only=True), never with a fallback.
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,9 +92,14 @@ def load_checkpoint(path: "str | Path") -> dict:
     if not path.is_file():
         raise CifarError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on foreign files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CifarError(f"{path}: refused, not a plain-weights checkpoint ({first_line(error, 160)})") from None
+        code = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), None)
+        if code:
+            raise CifarError(f"{path}: refused, it would run code ({code[:160]})") from None
+        raise CifarError(f"{path}: not a cifarcli checkpoint (not a plain PyTorch weights file)") from None
     except Exception as error:
         raise CifarError(f"{path}: not a cifarcli checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "model" not in payload:

@@ -1,0 +1,165 @@
+"""The command line as a user meets it: help without torch, versions, every error path as one
+line with the right exit code, and each command's machine-readable output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cifarcli import __version__
+from cifarcli.cli import app
+
+runner = CliRunner()
+
+
+def test_help_does_not_import_torch():
+    script = "import sys; sys.argv = ['cifar', '--help']\nfrom cifarcli.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch was imported'"
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert "train" in completed.stdout and "predict" in completed.stdout
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"cifarcli {__version__}"
+
+
+def test_models_lists_the_registry_as_json():
+    result = runner.invoke(app, ["models", "--json"])
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert {"tutorial", "airbench94", "airbench-cpu"} <= set(rows)
+    assert rows["tutorial"]["parameters"] == 122_570  # the Keras model.summary() total
+    assert rows["airbench-cpu"]["default"] and rows["airbench94"]["gflops"] > rows["airbench-cpu"]["gflops"]
+
+
+def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "-m",
+            "tutorial",
+            "--data",
+            str(image_folder),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "run",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.stdout)
+    assert trained["run_dir"] == str(tmp_path / "run") and len(trained["history"]) == 2
+    again = runner.invoke(
+        app,
+        [
+            "train",
+            "-m",
+            "tutorial",
+            "--data",
+            str(image_folder),
+            "--epochs",
+            "0.5",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "run",
+        ],
+    )
+    assert again.exit_code == 0 and (tmp_path / "run2" / "last.pt").exists()
+
+    checkpoint = tmp_path / "run" / "last.pt"
+    evaluated = runner.invoke(
+        app, ["evaluate", str(checkpoint), "--data", str(image_folder), "--json", "--out", str(tmp_path / "eval")]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["accuracy"] == trained["test_acc"] and metrics["split"] == "test"
+    assert set(metrics) >= {"accuracy", "loss", "per_class", "confusion", "model", "data", "split", "tta"}
+    assert (tmp_path / "eval" / "confusion.png").exists()
+
+    shown = runner.invoke(app, ["evaluate", str(checkpoint), "--data", str(image_folder)])
+    assert "Per class" in shown.stdout and "Confusion matrix" in shown.stdout and "most confused" in shown.stdout
+
+    exported = runner.invoke(app, ["export", str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--json"])
+    assert exported.exit_code == 0, exported.output
+    report = json.loads(exported.stdout)
+    assert report["agreement"] == 1.0 and report["max_abs_diff"] <= 1e-4
+    assert report["checked_on"] == "generated images"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["train", "--model", "tutorrial", "--data", "{folder}"], "did you mean 'tutorial'"),
+        (["train", "--data", "{tmp}/missing"], "no such file or folder"),
+        (["train", "--resume", "{tmp}"], "no last.pt there"),
+        (["train", "--device", "cuda", "-m", "tutorial", "--data", "{folder}"], "--device cuda"),
+        (["evaluate", "{tmp}/missing.pt"], "no such model file"),
+        (["evaluate", "{tmp}/notes.txt", "--data", "{folder}"], "not a cifarcli checkpoint"),
+        (["evaluate", "{tmp}/fake.onnx", "--data", "{folder}"], "fake.onnx"),
+        (["evaluate", "{checkpoint}", "--data", "{folder}", "--split", "val"], "--split val"),
+        (["export", "{tmp}/notes.txt"], "not a cifarcli checkpoint"),
+        (["export", "{checkpoint}", "-o", "{tmp}/model.txt"], "must end in .onnx"),
+        (["export", "{checkpoint}", "--int8"], "--int8 needs --data"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(arguments, message, image_folder, trained_run, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    (tmp_path / "fake.onnx").write_text("not onnx")
+    names = {"folder": image_folder, "tmp": tmp_path, "checkpoint": trained_run.run_dir / "last.pt"}
+    result = runner.invoke(app, [a.format(**names) for a in arguments])
+    if result.exit_code == 2 and "Usage" in result.output:
+        pytest.fail(f"typer rejected the arguments: {result.output}")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_bad_option_values_are_refused_by_the_parser(image_folder):
+    result = runner.invoke(app, ["train", "--data", str(image_folder), "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size" in result.output
+
+
+def test_sigterm_saves_and_exits_143_with_a_resume_command(image_folder, cache_dir, tmp_path):
+    import os
+    import signal
+    import time
+
+    command = [
+        sys.executable,
+        "-m",
+        "cifarcli",
+        "train",
+        "-m",
+        "airbench94",
+        "--data",
+        str(image_folder),
+        "--epochs",
+        "50",
+        "--batch-size",
+        "60",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "run",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    last = tmp_path / "run" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 143, stderr
+    assert f"cifar train --resume {tmp_path / 'run'}" in stderr and "Traceback" not in stderr
+    from cifarcli.checkpoint import load_checkpoint
+
+    assert load_checkpoint(last)["info"].epoch >= 1

@@ -1,0 +1,167 @@
+"""cifar predict: one row per image file with the right outcome, rows written as they come,
+documented exit codes, and no torch anywhere on the path."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cifarcli.classifier import OnnxClassifier
+from cifarcli.cli import app
+from cifarcli.predict import discover_images, predict_files
+from tests.corpus import BAD, GOOD, make_corpus
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict") / "corpus"
+    return root, make_corpus(root)
+
+
+def test_discovery_finds_image_files_once_skipping_hidden_and_other_files(corpus):
+    root, expected = corpus
+    found = {str(path.relative_to(root)) for path in discover_images([str(root)])}
+    assert found == set(expected)  # the loop adds nothing, folder.jpg and notes.txt no rows
+    shallow = {path.name for path in discover_images([str(root)], recursive=False)}
+    assert "nested.png" not in shallow and "plain.jpg" in shallow
+    globbed = discover_images([str(root / "*.png")])
+    assert {p.name for p in globbed} == {name for name in expected if name.endswith(".png") and "/" not in name}
+
+
+def test_corpus_gives_one_row_per_image_file_with_the_right_outcome(corpus, exported, tmp_path):
+    root, expected = corpus
+    out = tmp_path / "rows.csv"
+    result = runner.invoke(app, ["predict", str(root), "--model", str(exported), "--output", str(out)])
+    assert result.exit_code == 3, result.output  # some files failed, the rest predicted
+    assert "Traceback" not in result.output
+    with open(out, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(expected)
+    for row in rows:
+        name = str(Path(row["path"]).relative_to(root))
+        if expected[name] == GOOD:
+            assert row["label"] in ("disc", "horizontal", "vertical") and not row["error"], name
+            assert 0 < float(row["confidence"]) <= 1
+        else:
+            assert expected[name] == BAD and row["label"] == "" and row["error"], name
+    assert "bomb" in next(r["error"] for r in rows if r["path"].endswith("bomb.png"))
+
+
+def test_predictions_match_the_model_on_the_same_images(image_folder, exported, dataset, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(image_folder / "test"),
+            "-m",
+            str(exported),
+            "-o",
+            str(out),
+            "--top-k",
+            "2",
+            "--batch-size",
+            "7",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(dataset.test)
+    labels = [dataset.classes.index(Path(row["path"]).parent.name) for row in rows]
+    predicted = [dataset.classes.index(row["label"]) for row in rows]
+    model = OnnxClassifier(exported)
+    expected = model.predict_logits(dataset.test.images).argmax(1)
+    assert predicted == expected.tolist()  # same file order as the cached split
+    assert labels == dataset.test.labels.tolist()
+    assert all(len(row["top_k"]) == 2 and row["top_k"][0]["label"] == row["label"] for row in rows)
+
+
+def test_json_output_is_a_valid_array_and_stdout_json_has_every_row(image_folder, exported, tmp_path):
+    out = tmp_path / "rows.json"
+    result = runner.invoke(
+        app, ["predict", str(image_folder / "test" / "disc"), "-m", str(exported), "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0
+    assert len(json.loads(out.read_text())) == 30
+    printed = json.loads(result.stdout)
+    assert printed["summary"]["images"] == 30 and len(printed["rows"]) == 30
+
+
+def test_rows_stream_batch_by_batch_in_file_order(image_folder, exported):
+    files = discover_images([str(image_folder / "train")])
+    rows = predict_files(OnnxClassifier(exported), files, batch_size=16)
+    first = [next(rows) for _ in range(16)]  # a generator: the first batch comes before the rest
+    assert [row.path for row in first] == [str(f) for f in files[:16]]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["no/such/folder"], 2, "no such file or folder"),
+        (["{empty}"], 2, "no image files found"),
+        (["{images}", "--model", "{checkpoint}"], 2, "takes an .onnx model"),
+        (["{images}", "--model", "{junk}"], 2, "junk.onnx"),
+        (["{images}", "--output", "{tmp}/rows.xml"], 2, "--output"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(arguments, code, message, image_folder, exported, trained_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    names = {
+        "empty": tmp_path / "empty",
+        "images": image_folder / "test" / "disc",
+        "checkpoint": trained_run.run_dir / "last.pt",
+        "junk": tmp_path / "junk.onnx",
+        "tmp": tmp_path,
+    }
+    arguments = [a.format(**names) for a in arguments]
+    if "--model" not in arguments:
+        arguments += ["--model", str(exported)]
+    result = runner.invoke(app, ["predict", *arguments])
+    assert result.exit_code == code
+    assert message in result.output and "Traceback" not in result.output
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_predict_runs_without_torch_installed(image_folder, exported, tmp_path):
+    """A process where importing torch fails still predicts: cifar predict never needs it."""
+    blocker = tmp_path / "no_torch"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is blocked for this test')\n")
+    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{Path(__file__).parents[1]}"}
+    command = [sys.executable, "-m", "cifarcli", "predict", str(image_folder / "test"), "-m", str(exported), "--json"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["summary"]["predicted"] == 90
+
+
+def test_bundled_default_model_is_used_when_no_model_is_given(tmp_path):
+    from cifarcli.predict import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.exists():
+        pytest.fail(f"{DEFAULT_MODEL} is missing: run benchmarks/build_default_model.py")
+    assert DEFAULT_MODEL.stat().st_size <= 10_000_000
+    image = tmp_path / "red.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 3), (200, 30, 30), np.uint8)).save(image)
+    result = runner.invoke(app, ["predict", str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"][0]["label"] in OnnxClassifier(DEFAULT_MODEL).info.classes
+
+
+def test_output_folder_that_cannot_be_created_is_one_line(image_folder, exported, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(
+        app, ["predict", str(image_folder / "test"), "-m", str(exported), "-o", str(blocker / "sub" / "rows.csv")]
+    )
+    assert result.exit_code == 2 and "cannot write there" in result.output
