@@ -8,24 +8,12 @@ after the first run), images/s, and the final weights' test accuracy without and
 """
 
 import argparse
-import datetime
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            flags = next(f for f in open("/proc/cpuinfo") if f.startswith("flags")).split()
-            extras = [f for f in ("avx512f", "avx512_bf16") if f in flags] or ["avx2 only"]
-            return f"{line.split(':', 1)[1].strip()} ({', '.join(extras)}), 2 cores"
-    return platform.processor()
+from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
 
 
 def main() -> None:
@@ -33,7 +21,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
@@ -47,13 +35,12 @@ def main() -> None:
     images_per_s = sum(row["images_per_s"] * row["seconds"] for row in history) / sum(row["seconds"] for row in history)
     shown = " ".join(command[: command.index("--name")]).replace(args.data, Path(args.data).name)
     row = (
-        f"| {datetime.date.today()} | {cpu_name()} | `{shown}` | {len(history)} | "
+        f"| {today()} | {machine()} | `{shown}` | {len(history)} | "
         f"{result['train_seconds']:.0f} | {images_per_s:.0f} | {result['test_acc']:.2%} | "
         f"{result['test_acc_tta']:.2%} (level {result['tta']}) |"
     )
     print(row)
-    with open(ROOT / "BENCHMARKS.md", "a") as file:
-        file.write(row + "\n")
+    append_to_benchmarks("Training runs (`benchmarks/train_speed.py`)", [row])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ runner = CliRunner()
 
 
 def test_help_does_not_import_torch():
-    script = "import sys; sys.argv = ['cifar', '--help']\nfrom cifarcli.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch was imported'"
+    script = (
+        "import sys\n"
+        "sys.argv = ['cifar', '--help']\n"
+        "from cifarcli.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert completed.returncode == 0, completed.stderr
     assert "train" in completed.stdout and "predict" in completed.stdout

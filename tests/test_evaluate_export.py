@@ -111,7 +111,7 @@ def test_failed_parity_check_keeps_what_the_user_had(trained_run, tmp_path):
         export_checkpoint(tmp_path / "broken.pt", target)
     assert target.read_bytes() == b"the user's earlier file"
     assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]
-    with pytest.raises(CifarError, match="--opset 99"):
+    with pytest.raises(CifarError, match=r"--opset 99"):
         export_checkpoint(trained_run.run_dir / "last.pt", target, opset=99)
 
 
@@ -137,7 +137,7 @@ def test_onnx_files_that_are_not_ours_are_refused(tmp_path, exported):
     with pytest.raises(CifarError, match="external data"):
         OnnxClassifier(tmp_path / "ext.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    with pytest.raises(CifarError, match="junk.onnx"):
+    with pytest.raises(CifarError, match=r"junk\.onnx"):
         OnnxClassifier(tmp_path / "junk.onnx")
 
 

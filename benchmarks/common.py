@@ -1,0 +1,39 @@
+"""What every benchmark script shares: the data's location, the machine's name, BENCHMARKS.md."""
+
+import datetime
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def machine() -> str:
+    """CPU model, its relevant flags and the core count, e.g. 'AMD EPYC (avx2 only), 2 cores'."""
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    extras = [flag for flag in ("avx512f", "avx512_bf16", "avx512_vnni") if flag in flags] or ["avx2 only"]
+    cores = sum(line.startswith("processor") for line in lines)
+    return f"{name} ({', '.join(extras)}), {cores} cores"
+
+
+def append_to_benchmarks(section: str, lines: list[str]) -> None:
+    """Append lines under a '## section' heading of BENCHMARKS.md (created when missing)."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    heading = f"## {section}"
+    if heading not in text:
+        text = text.rstrip("\n") + f"\n\n{heading}\n\n"
+    start = text.index(heading)
+    following = text.find("\n## ", start + len(heading))
+    end = len(text) if following == -1 else following
+    block = text[start:end].rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    path.write_text(text[:start] + block + text[end:])
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()

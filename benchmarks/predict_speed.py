@@ -1,0 +1,126 @@
+"""How fast and how faithful `cifar predict` is on the 10,000 test JPEGs, and its memory on 100,000.
+
+    python benchmarks/predict_speed.py [--model cifarcli/assets/default.onnx] [--threads 2]
+
+Measured in one run, with the same thread count:
+  decode-only   decode_image on every file, on a thread pool (images/s)
+  ORT-only      ONNX Runtime on already-decoded images at batch 256 (images/s)
+  end to end    `cifar predict FOLDER -o rows.csv` in a subprocess (its wall time, startup included)
+  x10           the same on the test set linked ten times (100,000 files): peak RSS and images/s
+and the accuracy of the predicted rows against folder names beside `cifar evaluate`'s figure.
+"""
+
+import argparse
+import csv
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
+
+sys.path.insert(0, str(ROOT))
+from cifarcli.classifier import OnnxClassifier
+from cifarcli.data import load_dataset
+from cifarcli.evaluate import evaluate
+from cifarcli.images import decode_image
+from cifarcli.predict import DEFAULT_MODEL, discover_images
+
+
+def unpack_test_split(archive: Path, folder: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if "/test/" in m.name and m.isfile()]
+        tar.extractall(folder, members=members, filter="data")
+    return next(folder.rglob("test"))
+
+
+def run_predict(paths: list[Path], model: Path, threads: int, rows: Path) -> tuple[float, int]:
+    """(seconds, peak RSS in MB) of one `cifar predict` subprocess."""
+    command = [
+        sys.executable,
+        "-m",
+        "cifarcli",
+        "predict",
+        *map(str, paths),
+        "-m",
+        str(model),
+        "-o",
+        str(rows),
+        "--threads",
+        str(threads),
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    subprocess.run(command, stdout=subprocess.DEVNULL, check=False)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(peak, before) // 1024
+
+
+def row_accuracy(rows: Path) -> tuple[float, int]:
+    with open(rows, newline="") as file:
+        table = list(csv.DictReader(file))
+    correct = sum(row["label"] == Path(row["path"]).parent.name for row in table)
+    return correct / len(table), len(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
+    args = parser.parse_args()
+    classifier = OnnxClassifier(args.model, args.threads)
+    size = classifier.info.input_size
+
+    with tempfile.TemporaryDirectory() as temp:
+        test = unpack_test_split(args.data, Path(temp) / "data")
+        files = discover_images([str(test)])
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.threads) as pool:
+            images = np.stack(list(pool.map(lambda f: decode_image(f, size), files, chunksize=64)))
+        decode_rate = len(files) / (time.perf_counter() - started)
+
+        batch = images[:256]
+        classifier.predict_logits(batch)
+        started = time.perf_counter()
+        for start in range(0, len(images) - 255, 256):
+            classifier.predict_logits(images[start : start + 256])
+        ort_rate = (len(images) // 256 * 256) / (time.perf_counter() - started)
+
+        seconds, peak_10k = run_predict([test], args.model, args.threads, Path(temp) / "rows.csv")
+        predicted_acc, count = row_accuracy(Path(temp) / "rows.csv")
+        end_to_end = count / seconds
+
+        copies = Path(temp) / "x10"
+        for index in range(10):  # hard links: ten distinct files per image, no extra disk
+            for file in files:
+                target = copies / f"copy{index}" / file.parent.name / file.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(file, target)
+        seconds_100k, peak_100k = run_predict([copies], args.model, args.threads, Path(temp) / "rows100k.csv")
+        _, count_100k = row_accuracy(Path(temp) / "rows100k.csv")
+
+    dataset = load_dataset(args.data)
+    evaluated = evaluate(classifier, dataset, "test").accuracy
+    floor = 0.8 * min(decode_rate, ort_rate)
+    lines = [
+        f"| {today()} | {machine()} | `python benchmarks/predict_speed.py --model {args.model.name} "
+        f"--threads {args.threads}` | {decode_rate:.0f} | {ort_rate:.0f} | {end_to_end:.0f} "
+        f"({end_to_end / min(decode_rate, ort_rate):.2f} of the slower; bar {floor:.0f}) | "
+        f"{count_100k / seconds_100k:.0f} ({count_100k:,} images) | {peak_10k} / {peak_100k} | "
+        f"{predicted_acc:.2%} / {evaluated:.2%} |"
+    ]
+    print("\n".join(lines))
+    append_to_benchmarks("cifar predict (`benchmarks/predict_speed.py`)", lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""On the real CIFAR-10 copy beside the checkout (skipped where it is absent, as on a fresh
+machine): one epoch of the tutorial CNN must clearly learn."""
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} is not here"),
+]
+
+
+def test_tutorial_one_epoch_on_real_cifar10(cache_dir, tmp_path):
+    from cifarcli.data import load_dataset
+    from cifarcli.evaluate import evaluate
+    from cifarcli.models import get_model_entry
+    from cifarcli.train import train
+
+    dataset = load_dataset(SHARED_DATA, cache_dir=cache_dir)
+    assert len(dataset.train) == 50_000 and len(dataset.test) == 10_000 and not dataset.skipped
+    assert dataset.classes[:3] == ["airplane", "automobile", "bird"]
+    recipe = get_model_entry("tutorial").recipe.override(epochs=1)
+    result = train(dataset, "tutorial", recipe, tmp_path, device="cpu")
+    assert result.test_acc >= 0.40
+    from cifarcli.classifier import load_classifier
+
+    assert evaluate(load_classifier(tmp_path / "last.pt"), dataset).accuracy == result.test_acc
