@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -115,14 +116,19 @@ def train_command(
     out: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs/train"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     resume: Annotated[Path | None, typer.Option(help="Continue a run: its folder or its last.pt.")] = None,
+    nproc: Annotated[int, typer.Option(help="Train with N processes here (runs torchrun; see README).", min=1)] = 1,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
 ):
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
     from cifarcli import report
+    from cifarcli.distributed import broadcast_from_main, init_from_environment, launch_local, shutdown
     from cifarcli.models import DEFAULT_MODEL, get_model_entry
     from cifarcli.train import TrainingInterrupted, new_run_dir, train
 
+    if nproc > 1:
+        with user_errors():
+            raise typer.Exit(launch_local(nproc, arguments_without_nproc()))
     display = report.TrainDisplay()
     run_dir = None
     with user_errors():
@@ -140,10 +146,12 @@ def train_command(
         dataset = load_data(data, 32, cache_dir)
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
-        run_dir = run_dir or new_run_dir(out, name)
+        ranks = init_from_environment(device)
+        if run_dir is None:
+            run_dir = broadcast_from_main(new_run_dir(out, name) if ranks.is_main else None, ranks)
         stop_on_sigterm()
         try:
-            result = train(dataset, model, recipe, run_dir, device, display, resume_from=checkpoint)
+            result = train(dataset, model, recipe, run_dir, device, display, checkpoint, ranks)
         except (KeyboardInterrupt, TrainingInterrupted) as stop:
             display.close()
             code = 143 if isinstance(stop, TrainingInterrupted) else 130
@@ -153,6 +161,9 @@ def train_command(
             raise typer.Exit(code) from None
         finally:
             display.close()
+            shutdown(ranks)
+    if not ranks.is_main:
+        return
     if as_json:
         print_json(
             {
@@ -166,6 +177,19 @@ def train_command(
         )
     else:
         report.show_training_result(result)
+
+
+def arguments_without_nproc() -> list[str]:
+    """This command's own arguments minus --nproc, for the processes torchrun starts."""
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            arguments.append(argument)
+    return arguments
 
 
 def resume_target(path: Path):

@@ -13,7 +13,6 @@ Whatever the source, the result is a `Dataset` of two `Split`s holding uint8 RGB
 
 import hashlib
 import io
-import json
 import os
 import pickle
 import tarfile
@@ -302,12 +301,3 @@ def describe(dataset: Dataset) -> dict:
         "skipped": len(dataset.skipped),
         "image_size": list(dataset.train.images.shape[1:3]),
     }
-
-
-def fingerprint_for_recipe(dataset: Dataset) -> str:
-    """Identifies the data a run trained on, so that resume can refuse a different one."""
-    payload = json.dumps([dataset.classes, len(dataset.train), len(dataset.test)])
-    digest = hashlib.sha256(payload.encode())
-    digest.update(dataset.train.labels.tobytes())
-    digest.update(dataset.train.images[:: max(1, len(dataset.train) // 64)].tobytes())
-    return digest.hexdigest()[:16]

@@ -20,12 +20,14 @@ from cifarcli import __version__
 from cifarcli.checkpoint import ModelInfo, atomic_write, load_checkpoint, materialize, save_checkpoint
 from cifarcli.classifier import TorchClassifier, predict_in_batches
 from cifarcli.data import Dataset, describe
+from cifarcli.distributed import Ranks, broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import cross_entropy
 from cifarcli.models import Recipe, get_model_entry
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"]
 EVAL_BATCH = 1000
+SINGLE_PROCESS = Ranks()
 LOOKAHEAD_EVERY = 5  # steps between lookahead pulls (airbench)
 
 
@@ -49,9 +51,10 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
-def choose_device(requested: str):
+def choose_device(requested: str, processes_here: int = 1):
     """(device, autocast dtype or None). bf16 only where the hardware runs it natively:
-    emulated bf16 on CPUs without it is 9-16x slower than fp32."""
+    emulated bf16 on CPUs without it is 9-16x slower than fp32. The cores are shared among the
+    training processes on this machine."""
     import torch
 
     if requested == "auto":
@@ -70,7 +73,7 @@ def choose_device(requested: str):
             raise CifarError("--device mps: Apple's MPS backend is not available; use --device cpu or auto")
         return "mps", None
     if requested == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_here))
         return "cpu", torch.bfloat16 if cpu_has_native_bf16() else None
     raise CifarError(f"--device {requested}: choose auto, cpu, cuda or mps")
 
@@ -87,7 +90,7 @@ def reflect_pad(images: np.ndarray, pad: int) -> np.ndarray:
 def augment_batch(padded, indices, size, translate, flip_mask, generator):
     """Random translation (crop of the padded images) and horizontal flip for one batch.
 
-    padded: uint8 (N, 3, H+2t, W+2t) tensor; returns float32 (B, 3, H, W) in [0, 1].
+    padded: uint8 (N, 3, H+2t, W+2t) tensor; returns uint8 (B, 3, H, W).
     """
     import torch
 
@@ -99,8 +102,7 @@ def augment_batch(padded, indices, size, translate, flip_mask, generator):
         rows = dy + torch.arange(size).view(1, 1, size, 1)
         cols = dx + torch.arange(size).view(1, 1, 1, size)
         batch = batch[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
-    batch = torch.where(flip_mask.view(-1, 1, 1, 1), batch.flip(3), batch)
-    return batch.float().div_(255)
+    return torch.where(flip_mask.view(-1, 1, 1, 1), batch.flip(3), batch)
 
 
 # ---------------------------------------------------------------- schedule and optimizer
@@ -231,11 +233,14 @@ def train(
     device: str = "auto",
     events=None,
     resume_from: "Path | None" = None,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> TrainResult:
+    """Train and write the run folder. Under torchrun (ranks.active) every rank trains its
+    shard of each global batch and only rank 0 shows progress and writes files."""
     import torch
 
-    events = events or SilentEvents()
-    device, autocast_dtype = choose_device(device)
+    events = events if events and ranks.is_main else SilentEvents()
+    device, autocast_dtype = choose_device(device, ranks.local_world)
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     entry = get_model_entry(model_name)
@@ -251,6 +256,7 @@ def train(
     model = model.to(device, memory_format=torch.channels_last)
     info = ModelInfo(model_name, dataset.classes, size, mean, std, recipe.to_dict())
     classifier = TorchClassifier(model, info, "training", device, autocast_dtype)
+    network = wrap_model(model, device, ranks)  # DDP under torchrun, else the model itself
 
     # 2. Steps, schedule, optimizer. A fractional epoch count trains part of the last epoch.
     batch_size = min(recipe.batch_size, len(train_split))
@@ -290,9 +296,11 @@ def train(
                 "lookahead": lookahead.average if lookahead else [],
             }
         described = ModelInfo(model_name, dataset.classes, size, mean, std, recipe.to_dict(), metrics, epoch)
-        save_checkpoint(path, model, described, training)
+        if ranks.is_main:
+            save_checkpoint(path, model, described, training)
 
-    write_config(run_dir / "config.json", model_name, recipe, dataset, device, autocast_dtype)
+    if ranks.is_main:
+        write_config(run_dir / "config.json", model_name, recipe, dataset, device, autocast_dtype, ranks.world)
     events.start(model_name, run_dir, epochs, steps_per_epoch, device, autocast_dtype)
     best_acc = max((row["test_acc"] for row in history), default=-1.0)
 
@@ -312,11 +320,14 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(global_step, total_steps, recipe)
             indices = order[step * batch_size : (step + 1) * batch_size]
+            # Every rank augments the whole global batch alike, then keeps its shard.
             inputs = augment_batch(padded, indices, size, recipe.translate, flips[indices], generator)
-            inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            inputs, indices = inputs[ranks.rank :: ranks.world], indices[ranks.rank :: ranks.world]
+            inputs = inputs.to(device, non_blocking=True).float().div_(255)  # (B, 3, H, W) in [0, 1]
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
             targets = labels[indices].to(device, non_blocking=True)  # (B,)
             with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(inputs).float()  # (B, classes)
+                logits = network(inputs).float()  # (B, classes)
             loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -327,11 +338,13 @@ def train(
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(indices)
             elapsed = time.perf_counter() - started
-            events.step(step + 1, loss_sum / seen, correct / seen, seen / elapsed)
+            events.step(step + 1, loss_sum / seen, correct / seen, seen * ranks.world / elapsed)
         if lookahead and epoch == epochs - 1:
             lookahead.update(0.0)  # end on the average
         seconds = time.perf_counter() - started
         train_seconds += seconds
+        loss_sum, correct, seen = sum_across([loss_sum, correct, seen], ranks)
+        broadcast_tensors([*model.buffers(), *(lookahead.average if lookahead else [])], ranks)
 
         # 4. Evaluate the epoch's weights on the test split (without TTA) and save.
         test_loss, test_acc = score(classifier, dataset.test, tta=0)
@@ -346,7 +359,8 @@ def train(
             "images_per_s": round(seen / seconds, 1),
         }
         history.append(row)
-        write_history(run_dir / "history.csv", history)
+        if ranks.is_main:
+            write_history(run_dir / "history.csv", history)
         metrics = {"test_acc": row["test_acc"], "test_loss": row["test_loss"], "epoch": epoch + 1}
         save(run_dir / "last.pt", epoch + 1, metrics, with_training_state=True)
         if test_acc > best_acc:
@@ -368,7 +382,9 @@ def train(
     save(run_dir / "last.pt", epochs, metrics, with_training_state=True)
     if history[-1]["test_acc"] >= best_acc:
         save(run_dir / "best.pt", epochs, metrics, with_training_state=False)
-    plot_curves(run_dir / "curves.png", history)
+    check_identical_weights(model, ranks)
+    if ranks.is_main:
+        plot_curves(run_dir / "curves.png", history)
     return TrainResult(run_dir, history, final_acc, round(tta_acc, 5), recipe.tta, train_seconds)
 
 
@@ -388,12 +404,13 @@ def freeze_whitening_bias(model) -> None:
     whitening_layer(model).bias.requires_grad_(False)
 
 
-def write_config(path: Path, model_name: str, recipe: Recipe, dataset: Dataset, device: str, autocast_dtype) -> None:
+def write_config(path: Path, model_name: str, recipe: Recipe, dataset: Dataset, device: str, autocast_dtype, processes):
     config = {
         "model": model_name,
         "recipe": recipe.to_dict(),
         "data": describe(dataset),
         "device": device,
+        "processes": processes,
         "precision": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32",
         "cifarcli": __version__,
     }

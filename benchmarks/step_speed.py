@@ -1,0 +1,85 @@
+"""Training-step images/s of network variants on random data: the quick way to price a change
+before spending a full training run on it.
+
+    python benchmarks/step_speed.py [--batch-size 512] [--compile]
+
+Each variant: SGD-Nesterov steps on one random batch (fp32 or native bf16, channels_last),
+two warm-up steps (their time reported: compile time for --compile), best of two timed rounds.
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+from common import ROOT, append_to_benchmarks, machine, today
+
+sys.path.insert(0, str(ROOT))
+from cifarcli.models import airbench_net
+from cifarcli.train import choose_device
+
+STATS = ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+VARIANTS = {
+    "airbench94 (64/256/256, GELU)": {"widths": (64, 256, 256)},
+    "64/256/256, ReLU": {"widths": (64, 256, 256), "activation": "relu"},
+    "64/192/192, GELU": {"widths": (64, 192, 192)},
+    "airbench-cpu (64/128/256, GELU)": {"widths": (64, 128, 256)},
+    "airbench-cpu at 24x24 input": {"widths": (64, 128, 256), "size": 24},
+}
+
+
+def images_per_second(model, batch_size, size, autocast_dtype, steps=6):
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.85, nesterov=True
+    )
+    inputs = torch.rand(batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, 10, (batch_size,))
+
+    def step():
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(inputs).float(), targets, label_smoothing=0.2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    started = time.perf_counter()
+    step()
+    step()
+    warm_up = time.perf_counter() - started
+    best = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = max(best, batch_size * steps / (time.perf_counter() - started))
+    return best, warm_up
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of airbench-cpu")
+    args = parser.parse_args()
+    _, autocast_dtype = choose_device("cpu")
+    precision = "bf16" if autocast_dtype else "fp32"
+    runs = dict(VARIANTS)
+    if args.compile:
+        runs["airbench-cpu, torch.compile (inductor)"] = {"widths": (64, 128, 256), "compiled": True}
+    lines = []
+    for label, options in runs.items():
+        size, compiled = options.pop("size", 32), options.pop("compiled", False)
+        torch.manual_seed(0)
+        model = airbench_net(10, *STATS, **options)
+        model = torch.compile(model) if compiled else model
+        rate, warm_up = images_per_second(model, args.batch_size, size, autocast_dtype)
+        lines.append(
+            f"| {today()} | {machine()} | `python benchmarks/step_speed.py --batch-size {args.batch_size}"
+            f"{' --compile' if args.compile else ''}` | {label} | {precision} | {rate:.0f} | {warm_up:.1f} |"
+        )
+        print(lines[-1], flush=True)
+    append_to_benchmarks("Training-step speed of network variants (`benchmarks/step_speed.py`)", lines)
+
+
+if __name__ == "__main__":
+    main()
