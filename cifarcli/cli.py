@@ -50,6 +50,13 @@ def user_errors():
 
         report.error_line(str(error))
         raise typer.Exit(error.exit_code) from None
+    except OSError as error:  # a full disk or a vanished folder mid-run: earlier files stay intact
+        if os.environ.get("CIFARCLI_DEBUG"):
+            raise
+        from cifarcli import report
+
+        report.error_line(f"{error.filename or 'output'}: {error.strerror or error}")
+        raise typer.Exit(1) from None
 
 
 def print_json(value) -> None:

@@ -278,7 +278,7 @@ def read_image_folder(
     splits, skipped = {}, []
     for split in ("train", "test"):
         pixels, labels = [], []
-        for (entry_split, cls, _, _), (image, error) in zip(entries, results, strict=False):
+        for (entry_split, cls, _, _), (image, error) in zip(entries, results, strict=True):
             if entry_split != split:
                 continue
             if error:

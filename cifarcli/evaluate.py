@@ -69,7 +69,7 @@ def per_class_metrics(confusion: np.ndarray, classes: list[str]) -> list[dict]:
             "f1": round(float(f), 4),
             "support": int(s),
         }
-        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=False)
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
     ]
 
 

@@ -166,8 +166,8 @@ def predict_files(
             padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), np.uint8)])
             probabilities = softmax(classifier.predict_logits(padded)[: len(batch)])
             ranked = np.argsort(-probabilities, axis=1)[:, :top_k]
-            waiting = iter(row for row in pending_rows if not row.error)
-            for row, order, probs in zip(waiting, ranked, probabilities, strict=False):
+            waiting = [row for row in pending_rows if not row.error]
+            for row, order, probs in zip(waiting, ranked, probabilities, strict=True):
                 row.label, row.confidence = classes[order[0]], float(probs[order[0]])
                 row.top_k = tuple((classes[i], float(probs[i])) for i in order)
         done = list(pending_rows)

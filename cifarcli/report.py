@@ -192,7 +192,7 @@ def confusion_table(evaluation) -> Table:
     table.add_column("true \\ pred")
     for name in short:
         table.add_column(name, justify="right")
-    for index, (name, row) in enumerate(zip(evaluation.classes, evaluation.confusion, strict=False)):
+    for index, (name, row) in enumerate(zip(evaluation.classes, evaluation.confusion, strict=True)):
         total = max(1, sum(row))
         cells = []
         for column, count in enumerate(row):

@@ -146,7 +146,7 @@ class Lookahead:
         self.average = [t.detach().clone() for t in self.tensors]
 
     def update(self, decay: float) -> None:
-        for average, tensor in zip(self.average, self.tensors, strict=False):
+        for average, tensor in zip(self.average, self.tensors, strict=True):
             average.lerp_(tensor, 1 - decay)
             tensor.copy_(average)
 
@@ -156,12 +156,17 @@ class Lookahead:
 
 def new_run_dir(out: Path, name: str) -> Path:
     """runs/train/<name>, or <name>2, <name>3, ... when it exists (as Ultralytics does)."""
-    out.mkdir(parents=True, exist_ok=True)
-    candidate, number = out / name, 1
-    while candidate.exists():
-        number += 1
-        candidate = out / f"{name}{number}"
-    candidate.mkdir(parents=True)
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise CifarError(f"--name {name}: give a plain folder name; use --out to choose where runs go")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        candidate, number = out / name, 1
+        while candidate.exists():
+            number += 1
+            candidate = out / f"{name}{number}"
+        candidate.mkdir()
+    except OSError as error:
+        raise CifarError(f"--out {out}: cannot create a run folder there ({error.strerror})") from None
     return candidate
 
 
@@ -280,7 +285,7 @@ def train(
         generator.set_state(state["training"]["generator"])
         torch.set_rng_state(state["training"]["torch_rng"])
         if lookahead:
-            for average, saved in zip(lookahead.average, state["training"]["lookahead"], strict=False):
+            for average, saved in zip(lookahead.average, state["training"]["lookahead"], strict=True):
                 average.copy_(saved)
         history = read_history(run_dir / "history.csv")[: state["info"].epoch]
         start_epoch = state["info"].epoch
@@ -315,7 +320,7 @@ def train(
         started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         for step in range(steps):
             global_step = first_step + step
-            if global_step == whiten_bias_steps and entry.prepare:
+            if entry.prepare and global_step >= whiten_bias_steps:  # >=: a resumed run too
                 freeze_whitening_bias(model)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(global_step, total_steps, recipe)

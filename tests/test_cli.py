@@ -108,6 +108,8 @@ def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tm
         (["train", "--data", "{tmp}/missing"], "no such file or folder"),
         (["train", "--resume", "{tmp}"], "no last.pt there"),
         (["train", "--device", "cuda", "-m", "tutorial", "--data", "{folder}"], "--device cuda"),
+        (["train", "-m", "tutorial", "--data", "{folder}", "--name", "../escape"], "plain folder name"),
+        (["train", "-m", "tutorial", "--data", "{folder}", "--out", "{tmp}/notes.txt"], "cannot create a run folder"),
         (["evaluate", "{tmp}/missing.pt"], "no such model file"),
         (["evaluate", "{tmp}/notes.txt", "--data", "{folder}"], "not a cifarcli checkpoint"),
         (["evaluate", "{tmp}/fake.onnx", "--data", "{folder}"], "fake.onnx"),

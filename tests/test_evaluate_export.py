@@ -19,6 +19,8 @@ def test_evaluating_a_checkpoint_reproduces_training_to_the_image(trained_run, d
     for level, recorded in ((0, trained_run.test_acc), (trained_run.tta, trained_run.test_acc_tta)):
         result = evaluate(load_classifier(trained_run.run_dir / "last.pt"), dataset, "test", tta=level)
         assert result.accuracy == recorded
+    best = load_classifier(trained_run.run_dir / "best.pt")
+    assert evaluate(best, dataset).accuracy == best.info.metrics["test_acc"]
 
 
 def test_evaluating_the_onnx_export_matches_pytorch(trained_run, exported, dataset):
