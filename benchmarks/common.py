@@ -21,13 +21,15 @@ def machine() -> str:
     return f"{name} ({', '.join(extras)}), {cores} cores"
 
 
-def append_to_benchmarks(section: str, lines: list[str]) -> None:
-    """Append lines under a '## section' heading of BENCHMARKS.md (created when missing)."""
+def append_to_benchmarks(section: str, lines: list[str], columns: list[str]) -> None:
+    """Append table rows under a '## section' heading of BENCHMARKS.md; a missing section is
+    created with a table header of these columns."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     heading = f"## {section}"
     if heading not in text:
-        text = text.rstrip("\n") + f"\n\n{heading}\n\n"
+        header = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}"
+        text = text.rstrip("\n") + f"\n\n{heading}\n\n{header}\n"
     start = text.index(heading)
     following = text.find("\n## ", start + len(heading))
     end = len(text) if following == -1 else following

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from common import SHARED_DATA, append_to_benchmarks, machine, today
 
+COLUMNS = ["date", "machine", "command", "processes", "training img/s", "test acc"]
+
 
 def train(arguments: list[str]) -> dict:
     completed = subprocess.run(["cifar", "train", *arguments, "--json"], stdout=subprocess.PIPE, text=True, check=True)
@@ -38,7 +40,9 @@ def main() -> None:
             )
             lines.append(f"| {today()} | {machine()} | `{shown}` | {nproc} | {rate:.0f} | {result['test_acc']:.2%} |")
             print(lines[-1], flush=True)
-    append_to_benchmarks("Processes: DistributedDataParallel on one machine (`benchmarks/ddp_speed.py`)", lines)
+    append_to_benchmarks(
+        "Processes: DistributedDataParallel on one machine (`benchmarks/ddp_speed.py`)", lines, COLUMNS
+    )
 
 
 if __name__ == "__main__":

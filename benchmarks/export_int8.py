@@ -14,6 +14,16 @@ from pathlib import Path
 
 from common import SHARED_DATA, append_to_benchmarks, machine, today
 
+COLUMNS = [
+    "date",
+    "machine",
+    "command",
+    "MB fp32 / int8",
+    "test acc fp32 / int8",
+    "ORT img/s fp32 / int8 (batch 256)",
+    "max logit diff fp32",
+]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -47,7 +57,7 @@ def main() -> None:
         f"{report['max_abs_diff']:.1e} |"
     )
     print(row)
-    append_to_benchmarks("ONNX export, fp32 / INT8 (`benchmarks/export_int8.py`)", [row])
+    append_to_benchmarks("ONNX export, fp32 / INT8 (`benchmarks/export_int8.py`)", [row], COLUMNS)
     print(json.dumps(report, indent=2))
 
 

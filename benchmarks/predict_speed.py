@@ -32,6 +32,18 @@ from cifarcli.evaluate import evaluate
 from cifarcli.images import decode_image
 from cifarcli.predict import DEFAULT_MODEL, discover_images
 
+COLUMNS = [
+    "date",
+    "machine",
+    "command",
+    "decode-only img/s",
+    "ORT-only img/s",
+    "end to end img/s, 10,000",
+    "end to end img/s, x10",
+    "peak RSS MB 10k / 100k",
+    "accuracy of rows / cifar evaluate",
+]
+
 
 def unpack_test_split(archive: Path, folder: Path) -> Path:
     with tarfile.open(archive) as tar:
@@ -119,7 +131,7 @@ def main() -> None:
         f"{predicted_acc:.2%} / {evaluated:.2%} |"
     ]
     print("\n".join(lines))
-    append_to_benchmarks("cifar predict (`benchmarks/predict_speed.py`)", lines)
+    append_to_benchmarks("cifar predict (`benchmarks/predict_speed.py`)", lines, COLUMNS)
 
 
 if __name__ == "__main__":

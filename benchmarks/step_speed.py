@@ -28,6 +28,9 @@ VARIANTS = {
 }
 
 
+COLUMNS = ["date", "machine", "command", "variant", "precision", "training img/s", "warm-up s"]
+
+
 def images_per_second(model, batch_size, size, autocast_dtype, steps=6):
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
@@ -78,7 +81,7 @@ def main():
             f"{' --compile' if args.compile else ''}` | {label} | {precision} | {rate:.0f} | {warm_up:.1f} |"
         )
         print(lines[-1], flush=True)
-    append_to_benchmarks("Training-step speed of network variants (`benchmarks/step_speed.py`)", lines)
+    append_to_benchmarks("Training-step speed of network variants (`benchmarks/step_speed.py`)", lines, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
 
+TRAIN_COLUMNS = ["date", "machine", "command", "epochs", "train s", "img/s", "test acc", "test acc with TTA"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -40,7 +42,7 @@ def main() -> None:
         f"{result['test_acc_tta']:.2%} (level {result['tta']}) |"
     )
     print(row)
-    append_to_benchmarks("Training runs (`benchmarks/train_speed.py`)", [row])
+    append_to_benchmarks("Training runs (`benchmarks/train_speed.py`)", [row], TRAIN_COLUMNS)
 
 
 if __name__ == "__main__":
