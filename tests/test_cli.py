@@ -41,44 +41,12 @@ def test_models_lists_the_registry_as_json():
 
 
 def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "-m",
-            "tutorial",
-            "--data",
-            str(image_folder),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "32",
-            "--out",
-            str(tmp_path),
-            "--name",
-            "run",
-            "--json",
-        ],
-    )
+    train = ["train", "-m", "tutorial", "--data", str(image_folder), "--out", str(tmp_path), "--name", "run"]
+    result = runner.invoke(app, [*train, "--epochs", "2", "--batch-size", "32", "--json"])
     assert result.exit_code == 0, result.output
     trained = json.loads(result.stdout)
     assert trained["run_dir"] == str(tmp_path / "run") and len(trained["history"]) == 2
-    again = runner.invoke(
-        app,
-        [
-            "train",
-            "-m",
-            "tutorial",
-            "--data",
-            str(image_folder),
-            "--epochs",
-            "0.5",
-            "--out",
-            str(tmp_path),
-            "--name",
-            "run",
-        ],
-    )
+    again = runner.invoke(app, [*train, "--epochs", "0.5"])
     assert again.exit_code == 0 and (tmp_path / "run2" / "last.pt").exists()
 
     checkpoint = tmp_path / "run" / "last.pt"

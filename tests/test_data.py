@@ -92,15 +92,24 @@ def test_zip_and_tar_of_an_image_folder_match_the_folder(image_folder, dataset, 
         np.testing.assert_array_equal(loaded.train.labels, dataset.train.labels)
 
 
+def two_class_folder(root, write_files):
+    """root/{train,test}/{a,b}/ with write_files(folder) called in each."""
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            write_files(folder)
+    return root
+
+
 def test_images_of_any_size_are_resized_and_bad_files_skipped_and_counted(tmp_path):
     from PIL import Image
 
-    for split in ("train", "test"):
-        for name in ("a", "b"):
-            folder = tmp_path / "data" / split / name
-            folder.mkdir(parents=True)
-            Image.new("RGB", (64, 48), (200, 10, 10)).save(folder / "big.jpg")
-            (folder / "broken.png").write_bytes(b"not a png")
+    def big_and_broken(folder):
+        Image.new("RGB", (64, 48), (200, 10, 10)).save(folder / "big.jpg")
+        (folder / "broken.png").write_bytes(b"not a png")
+
+    two_class_folder(tmp_path / "data", big_and_broken)
     dataset = load_dataset(tmp_path / "data", cache_dir=tmp_path / "cache")
     assert dataset.train.images.shape == (2, 32, 32, 3)
     assert len(dataset.skipped) == 4 and all("broken.png" in line for line in dataset.skipped)
@@ -109,11 +118,7 @@ def test_images_of_any_size_are_resized_and_bad_files_skipped_and_counted(tmp_pa
 def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path):
     from PIL import Image
 
-    for split in ("train", "test"):
-        for name in ("a", "b"):
-            folder = tmp_path / "data" / split / name
-            folder.mkdir(parents=True)
-            Image.new("RGB", (32, 32), (10, 10, 10)).save(folder / "0.png")
+    two_class_folder(tmp_path / "data", lambda folder: Image.new("RGB", (32, 32), (10, 10, 10)).save(folder / "0.png"))
     cache = tmp_path / "cache"
     first = load_dataset(tmp_path / "data", cache_dir=cache)
     cached = list((cache / "decoded").glob("*.npz"))
