@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarcli.classifier import OnnxClassifier, TorchClassifier
+from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, to_model_input
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
 from cifarcli.onnx_model import metadata_for
@@ -103,8 +103,6 @@ def ort_speed(classifier, images: np.ndarray, seconds: float = 2.0) -> float:
 
 
 def accuracy(classifier, split) -> float:
-    from cifarcli.classifier import predict_in_batches
-
     logits = predict_in_batches(classifier, split.images, SPEED_BATCH)
     return float((logits.argmax(1) == split.labels).mean())
 
@@ -174,8 +172,6 @@ def quantize_int8(fp32_path: Path, output: Path, dataset: Dataset, count: int, f
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from cifarcli.classifier import to_model_input
 
     rng = np.random.default_rng(0)
     picks = rng.choice(len(dataset.train), size=min(count, len(dataset.train)), replace=False)

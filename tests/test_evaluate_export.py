@@ -162,3 +162,16 @@ def test_crafted_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CifarError, match="not a cifarcli checkpoint"):
         load_classifier(tmp_path / "evil.pkl")
     assert not marker.exists()
+
+
+def test_evaluating_an_onnx_model_does_not_need_torch(exported, image_folder, cache_dir):
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+sys.argv = ["cifar", "evaluate", {str(exported)!r}, "--data", {str(image_folder)!r}, "--json"]
+from cifarcli.cli import main
+main()
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["images"] == 90
