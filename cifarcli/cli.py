@@ -43,19 +43,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 def user_errors():
     try:
         yield
-    except CifarError as error:
+    except (CifarError, OSError) as error:
         if os.environ.get("CIFARCLI_DEBUG"):
             raise
         from cifarcli import report
 
-        report.error_line(str(error))
-        raise typer.Exit(error.exit_code) from None
-    except OSError as error:  # a full disk or a vanished folder mid-run: earlier files stay intact
-        if os.environ.get("CIFARCLI_DEBUG"):
-            raise
-        from cifarcli import report
-
-        report.error_line(f"{error.filename or 'output'}: {error.strerror or error}")
+        if isinstance(error, CifarError):
+            report.error_line(str(error))
+            raise typer.Exit(error.exit_code) from None
+        # A full disk or a vanished folder mid-run; files written earlier were replaced atomically.
+        report.error_line(f"{error.filename or 'output'}: {error.strerror or error}; check the path and free space")
         raise typer.Exit(1) from None
 
 
@@ -240,8 +237,6 @@ def evaluate_command(
     from cifarcli.evaluate import evaluate, write_outputs
 
     with user_errors():
-        if split not in ("train", "test"):
-            raise CifarError(f"--split {split}: choose train or test")
         classifier = load_classifier(model)
         dataset = load_data(data, classifier.info.input_size, cache_dir)
         level = int(classifier.info.recipe.get("tta", 1)) if tta else 0
