@@ -1,13 +1,15 @@
 """Training-step images/s of network variants on random data: the quick way to price a change
 before spending a full training run on it.
 
-    python benchmarks/step_speed.py [--batch-size 512] [--compile]
+    python benchmarks/step_speed.py [--batch-size 512] [--steps 6] [--only NAME ...] [--compile] [--glibc-default]
 
 Each variant: SGD-Nesterov steps on one random batch (fp32 or native bf16, channels_last),
 two warm-up steps (their time reported: compile time for --compile), best of two timed rounds.
+Like training, it first makes glibc keep freed memory (--glibc-default leaves malloc as it is).
 """
 
 import argparse
+import shlex
 import sys
 import time
 
@@ -16,15 +18,16 @@ from common import ROOT, append_to_benchmarks, machine, today
 
 sys.path.insert(0, str(ROOT))
 from cifarcli.models import airbench_net
-from cifarcli.train import choose_device
+from cifarcli.train import choose_device, keep_freed_memory_in_process
 
 STATS = ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 VARIANTS = {
     "airbench94 (64/256/256, GELU)": {"widths": (64, 256, 256)},
     "64/256/256, ReLU": {"widths": (64, 256, 256), "activation": "relu"},
     "64/192/192, GELU": {"widths": (64, 192, 192)},
-    "airbench-cpu (64/128/256, GELU)": {"widths": (64, 128, 256)},
-    "airbench-cpu at 24x24 input": {"widths": (64, 128, 256), "size": 24},
+    "airbench-narrow (64/128/256, GELU)": {"widths": (64, 128, 256)},
+    "airbench-narrow at 24x24 input": {"widths": (64, 128, 256), "size": 24},
+    "airbench94 at 24x24 input": {"widths": (64, 256, 256), "size": 24},
 }
 
 
@@ -62,23 +65,32 @@ def images_per_second(model, batch_size, size, autocast_dtype, steps=6):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of airbench-cpu")
+    parser.add_argument("--steps", type=int, default=6, help="steps per timed round (two rounds, best kept)")
+    parser.add_argument("--only", nargs="*", help="variant names to time (default: all)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of airbench-narrow")
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's malloc as it is (training calls keep_freed_memory_in_process)",
+    )
     args = parser.parse_args()
+    if not args.glibc_default:
+        keep_freed_memory_in_process()
     _, autocast_dtype = choose_device("cpu")
     precision = "bf16" if autocast_dtype else "fp32"
-    runs = dict(VARIANTS)
+    runs = {label: options for label, options in VARIANTS.items() if not args.only or label in args.only}
     if args.compile:
-        runs["airbench-cpu, torch.compile (inductor)"] = {"widths": (64, 128, 256), "compiled": True}
+        runs["airbench-narrow, torch.compile (inductor)"] = {"widths": (64, 128, 256), "compiled": True}
     lines = []
     for label, options in runs.items():
         size, compiled = options.pop("size", 32), options.pop("compiled", False)
         torch.manual_seed(0)
         model = airbench_net(10, *STATS, **options)
         model = torch.compile(model) if compiled else model
-        rate, warm_up = images_per_second(model, args.batch_size, size, autocast_dtype)
+        rate, warm_up = images_per_second(model, args.batch_size, size, autocast_dtype, args.steps)
         lines.append(
-            f"| {today()} | {machine()} | `python benchmarks/step_speed.py --batch-size {args.batch_size}"
-            f"{' --compile' if args.compile else ''}` | {label} | {precision} | {rate:.0f} | {warm_up:.1f} |"
+            f"| {today()} | {machine()} | `python benchmarks/step_speed.py {shlex.join(sys.argv[1:])}` | "
+            f"{label} | {precision} | {rate:.0f} | {warm_up:.1f} |"
         )
         print(lines[-1], flush=True)
     append_to_benchmarks("Training-step speed of network variants (`benchmarks/step_speed.py`)", lines, COLUMNS)

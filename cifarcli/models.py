@@ -29,6 +29,11 @@ class Recipe:
     lookahead: bool = False  # airbench's lookahead towards an EMA of the weights
     tta: int = 2  # test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations
     whiten_bias_epochs: float = 0.0  # the whitening layer's bias trains this long, then freezes
+    small_crop: int = 0  # progressive resizing: early epochs train on random crops this large (0: off)
+    small_crop_epochs: float = 0.0  # how many epochs use small_crop before the full size
+    optimizer: str = "sgd"  # "sgd", or "muon": Muon for the convolution filters, SGD for the rest
+    muon_lr: float = 0.0  # Muon's step, relative to the filters' norm
+    muon_momentum: float = 0.0  # Muon's Nesterov momentum
     seed: int = 0
 
     def override(self, **values) -> "Recipe":
@@ -257,13 +262,45 @@ def airbench94(num_classes, mean, std):
     return airbench_net(num_classes, mean, std, widths=(64, 256, 256))
 
 
+# airbench94_muon (Keller Jordan) restated in this package's terms: mean loss, logits scaled by
+# 1/9 instead of 1/256 (so its head lr 0.67 per summed loss of 2000 becomes 0.67 * 2000 * (9/256)^2),
+# BatchNorm biases 64x that, weight decay 0.004 per step, lr falling linearly to 0, no lookahead.
+MUON_HEAD_LR = 0.67 * 2000 * (9 / 256) ** 2
+AIRBENCH_CPU_RECIPE = replace(
+    AIRBENCH94_RECIPE,
+    epochs=10,
+    batch_size=2000,
+    lr=MUON_HEAD_LR,
+    weight_decay=0.004 / MUON_HEAD_LR,
+    lr_start=1.0,
+    lr_peak_at=0.0,
+    lr_end=0.0,
+    lookahead=False,
+    optimizer="muon",
+    muon_lr=0.24,
+    muon_momentum=0.6,
+    small_crop=24,
+    small_crop_epochs=5,
+)
+
+
 @register_model(
     "airbench-cpu",
-    replace(AIRBENCH94_RECIPE, epochs=18),
-    "airbench94 made CPU-cheap: blocks 64/128/256 (1.64x the training images/s on CPU), 18 epochs",
+    AIRBENCH_CPU_RECIPE,
+    "airbench94's network, CPU recipe: Muon, 10 epochs, the first 5 on 24px crops (1.9x cheaper steps)",
     prepare=init_whitening,
 )
 def airbench_cpu(num_classes, mean, std):
+    return airbench_net(num_classes, mean, std, widths=(64, 256, 256))
+
+
+@register_model(
+    "airbench-narrow",
+    replace(AIRBENCH94_RECIPE, epochs=18),
+    "airbench94 with blocks 64/128/256: 1.6x the training images/s, a smaller, faster export",
+    prepare=init_whitening,
+)
+def airbench_narrow(num_classes, mean, std):
     return airbench_net(num_classes, mean, std, widths=(64, 128, 256))
 
 

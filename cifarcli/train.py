@@ -1,4 +1,4 @@
-"""The training loop: batch augmentation, SGD with a piecewise-linear schedule, lookahead, TTA.
+"""The training loop: batch augmentation, progressive crops, optimizer steps, per-epoch test, TTA.
 
 Read top to bottom: choose the device, build the model, then one plain loop over epochs and
 steps. Everything a run needs is in its Recipe (models.py); everything it writes goes to
@@ -24,11 +24,11 @@ from cifarcli.distributed import Ranks, broadcast_tensors, check_identical_weigh
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import cross_entropy
 from cifarcli.models import Recipe, get_model_entry
+from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"]
 EVAL_BATCH = 1000
 SINGLE_PROCESS = Ranks()
-LOOKAHEAD_EVERY = 5  # steps between lookahead pulls (airbench)
 
 
 class TrainingInterrupted(Exception):
@@ -78,6 +78,26 @@ def choose_device(requested: str, processes_here: int = 1):
     raise CifarError(f"--device {requested}: choose auto, cpu, cuda or mps")
 
 
+def keep_freed_memory_in_process() -> None:
+    """Have glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    A training step allocates and frees the same activations, hundreds of MB each at batch 2000.
+    By default glibc maps blocks that large afresh and unmaps them on free, so every step
+    page-faults them in again: airbench94's network trained at 129 img/s with 26% of its CPU
+    time in the kernel, and at 215 img/s with this (BENCHMARKS.md). Not glibc: nothing to do.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)  # large blocks come from the heap, which is kept ...
+    libc.mallopt(m_trim_threshold, 2**31 - 1)  # ... rather than trimmed after each free
+    libc.mallopt(m_arena_max, 1)  # one heap, so the intra-op threads reuse the same memory
+
+
 # ---------------------------------------------------------------- augmentation on whole batches
 
 
@@ -87,68 +107,33 @@ def reflect_pad(images: np.ndarray, pad: int) -> np.ndarray:
     return np.ascontiguousarray(padded.transpose(0, 3, 1, 2))
 
 
-def augment_batch(padded, indices, size, translate, flip_mask, generator):
-    """Random translation (crop of the padded images) and horizontal flip for one batch.
+def augment_batch(padded, indices, size, flip_mask, generator):
+    """Random crop of size x size pixels (a translation when the padded images are only a few
+    pixels larger) and horizontal flip for one batch.
 
-    padded: uint8 (N, 3, H+2t, W+2t) tensor; returns uint8 (B, 3, H, W).
+    padded: uint8 (N, 3, H, W) tensor with H, W >= size; returns uint8 (B, 3, size, size).
     """
     import torch
 
     batch = padded[indices]
-    if translate:
+    spare_rows, spare_cols = padded.shape[2] - size, padded.shape[3] - size
+    if spare_rows or spare_cols:
         n = len(indices)
-        dy = torch.randint(0, 2 * translate + 1, (n, 1, 1, 1), generator=generator)
-        dx = torch.randint(0, 2 * translate + 1, (n, 1, 1, 1), generator=generator)
+        dy = torch.randint(0, spare_rows + 1, (n, 1, 1, 1), generator=generator)
+        dx = torch.randint(0, spare_cols + 1, (n, 1, 1, 1), generator=generator)
         rows = dy + torch.arange(size).view(1, 1, size, 1)
         cols = dx + torch.arange(size).view(1, 1, 1, size)
         batch = batch[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
     return torch.where(flip_mask.view(-1, 1, 1, 1), batch.flip(3), batch)
 
 
-# ---------------------------------------------------------------- schedule and optimizer
-
-
-def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
-    """Piecewise linear: lr_start -> 1 at lr_peak_at of the steps -> lr_end at the last step."""
-    progress = step / max(1, total_steps)
-    if progress < recipe.lr_peak_at:
-        return recipe.lr_start + (1 - recipe.lr_start) * progress / recipe.lr_peak_at
-    return 1 + (recipe.lr_end - 1) * (progress - recipe.lr_peak_at) / max(1e-9, 1 - recipe.lr_peak_at)
-
-
-def make_optimizer(model, recipe: Recipe):
-    """SGD with Nesterov momentum; BatchNorm biases learn bias_lr_scale times faster with
-    weight decay scaled down by the same factor, so their decay per step is unchanged."""
-    import torch
-
-    norm_biases, others = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            is_norm_bias = isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and name == "bias"
-            (norm_biases if is_norm_bias else others).append(param)
-    groups = [{"params": others, "lr": recipe.lr, "weight_decay": recipe.weight_decay}]
-    if norm_biases:
-        scale = recipe.bias_lr_scale
-        groups.append({"params": norm_biases, "lr": recipe.lr * scale, "weight_decay": recipe.weight_decay / scale})
-    for group in groups:
-        group["base_lr"] = group["lr"]
-    return torch.optim.SGD(groups, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
-
-
-class Lookahead:
-    """airbench's lookahead: every few steps pull the weights to an EMA of themselves, with a
-    decay that grows as (progress)^3, and end on the average."""
-
-    def __init__(self, model):
-        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-        self.average = [t.detach().clone() for t in self.tensors]
-
-    def update(self, decay: float) -> None:
-        for average, tensor in zip(self.average, self.tensors, strict=True):
-            average.lerp_(tensor, 1 - decay)
-            tensor.copy_(average)
+def crop_size(epoch: int, full_size: int, recipe: Recipe) -> int:
+    """Progressive resizing by cropping: the first small_crop_epochs train on random
+    small_crop-pixel crops, at the full images' scale, so those steps cost (small/full)^2.
+    Images no larger than small_crop train at their full size throughout."""
+    if 0 < recipe.small_crop < full_size and epoch < recipe.small_crop_epochs:
+        return recipe.small_crop
+    return full_size
 
 
 # ---------------------------------------------------------------- the run folder
@@ -246,6 +231,8 @@ def train(
 
     events = events if events and ranks.is_main else SilentEvents()
     device, autocast_dtype = choose_device(device, ranks.local_world)
+    if device == "cpu":
+        keep_freed_memory_in_process()
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     entry = get_model_entry(model_name)
@@ -268,7 +255,7 @@ def train(
     steps_per_epoch = len(train_split) // batch_size
     total_steps = math.ceil(recipe.epochs * steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = make_optimizer(model, recipe)
+    optimizers = make_optimizers(model, recipe)
     lookahead = Lookahead(model) if recipe.lookahead else None
     whiten_bias_steps = round(recipe.whiten_bias_epochs * steps_per_epoch)
     padded = torch.from_numpy(reflect_pad(train_split.images, recipe.translate))
@@ -281,7 +268,8 @@ def train(
         state = load_checkpoint(resume_from)
         check_resumable(state, info, resume_from)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["training"]["optimizer"])
+        for optimizer, saved in zip(optimizers, state["training"]["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
         generator.set_state(state["training"]["generator"])
         torch.set_rng_state(state["training"]["torch_rng"])
         if lookahead:
@@ -291,11 +279,14 @@ def train(
         start_epoch = state["info"].epoch
         train_seconds = sum(row["seconds"] for row in history)
 
+    # After any resume: load_state_dict replaces the optimizers' group dicts.
+    param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+
     def save(path: Path, epoch: int, metrics: dict, with_training_state: bool) -> None:
         training = None
         if with_training_state:
             training = {
-                "optimizer": optimizer.state_dict(),
+                "optimizers": [optimizer.state_dict() for optimizer in optimizers],
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "lookahead": lookahead.average if lookahead else [],
@@ -316,17 +307,18 @@ def train(
         steps = min(steps_per_epoch, total_steps - first_step)
         order = torch.randperm(len(train_split), generator=generator)
         flips = flip_masks(recipe.flip, flip_base, epoch, generator)
+        epoch_size = crop_size(epoch, size, recipe)
         events.epoch_start(epoch + 1, steps)
         started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         for step in range(steps):
             global_step = first_step + step
             if entry.prepare and global_step >= whiten_bias_steps:  # >=: a resumed run too
                 freeze_whitening_bias(model)
-            for group in optimizer.param_groups:
+            for group in param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(global_step, total_steps, recipe)
             indices = order[step * batch_size : (step + 1) * batch_size]
             # Every rank augments the whole global batch alike, then keeps its shard.
-            inputs = augment_batch(padded, indices, size, recipe.translate, flips[indices], generator)
+            inputs = augment_batch(padded, indices, epoch_size, flips[indices], generator)
             inputs, indices = inputs[ranks.rank :: ranks.world], indices[ranks.rank :: ranks.world]
             inputs = inputs.to(device, non_blocking=True).float().div_(255)  # (B, 3, H, W) in [0, 1]
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -334,9 +326,10 @@ def train(
             with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = network(inputs).float()  # (B, classes)
             loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             if lookahead and (global_step + 1) % LOOKAHEAD_EVERY == 0:
                 lookahead.update(0.95**LOOKAHEAD_EVERY * ((global_step + 1) / total_steps) ** 3)
             loss_sum += loss.item() * len(indices)
@@ -359,7 +352,7 @@ def train(
             "train_acc": round(correct / seen, 5),
             "test_loss": round(test_loss, 5),
             "test_acc": round(test_acc, 5),
-            "lr": round(optimizer.param_groups[0]["lr"], 6),
+            "lr": round(param_groups[0]["lr"], 6),
             "seconds": round(seconds, 2),
             "images_per_s": round(seen / seconds, 1),
         }

@@ -35,9 +35,10 @@ def test_version():
 def test_models_lists_the_registry_as_json():
     result = runner.invoke(app, ["models", "--json"])
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert {"tutorial", "airbench94", "airbench-cpu"} <= set(rows)
+    assert {"tutorial", "airbench94", "airbench-cpu", "airbench-narrow"} <= set(rows)
     assert rows["tutorial"]["parameters"] == 122_570  # the Keras model.summary() total
-    assert rows["airbench-cpu"]["default"] and rows["airbench94"]["gflops"] > rows["airbench-cpu"]["gflops"]
+    assert rows["airbench-cpu"]["default"] and not rows["airbench94"]["default"]
+    assert rows["airbench94"]["gflops"] > rows["airbench-narrow"]["gflops"]
 
 
 def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tmp_path):

@@ -10,7 +10,8 @@ import torch
 
 from cifarcli.checkpoint import load_checkpoint
 from cifarcli.models import REGISTRY, get_model_entry
-from cifarcli.train import HISTORY_FIELDS, lr_factor, train
+from cifarcli.optim import lr_factor, orthogonalize
+from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, reflect_pad, train
 
 
 def test_tutorial_learns_held_out_shapes(trained_run):
@@ -49,6 +50,30 @@ def test_lr_schedule_is_piecewise_linear():
     assert lr_factor(100, 100, recipe) == pytest.approx(0.07)
 
 
+def test_small_crops_come_first_and_are_windows_of_the_padded_images():
+    recipe = get_model_entry("airbench-cpu").recipe.override(small_crop=24, small_crop_epochs=5)
+    assert [crop_size(epoch, 32, recipe) for epoch in (0, 4, 5, 9)] == [24, 24, 32, 32]
+    assert crop_size(0, 20, recipe) == 20  # images no larger than the crop keep their size
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    padded = torch.from_numpy(reflect_pad(images, 2))  # (6, 3, 36, 36)
+    no_flip = torch.zeros(6, dtype=torch.bool)
+    crops = augment_batch(padded, torch.arange(6), 24, no_flip, torch.Generator().manual_seed(0))
+    assert crops.shape == (6, 3, 24, 24) and crops.dtype == torch.uint8
+    for crop, image in zip(crops, padded, strict=True):
+        windows = image.unfold(1, 24, 1).unfold(2, 24, 1)  # (3, 13, 13, 24, 24)
+        assert (windows == crop[:, None, None]).flatten(3).all(3).all(0).any()
+
+
+@pytest.mark.parametrize("shape", [(64, 576), (576, 64), (10, 256)])
+def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shape):
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    u, _, v = torch.linalg.svd(matrix, full_matrices=False)
+    in_matrix_basis = u.T @ orthogonalize(matrix) @ v.T  # diagonal iff the singular vectors are kept
+    diagonal = torch.diagonal(in_matrix_basis)
+    assert (in_matrix_basis - torch.diag(diagonal)).abs().max() < 1e-4
+    assert diagonal.min() > 0.5 and diagonal.max() < 1.3  # from singular values ~10x apart
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_model_trains_a_step_and_evaluates(name, dataset, tmp_path):
     recipe = get_model_entry(name).recipe.override(epochs=1, batch_size=120, tta=1)
@@ -67,7 +92,8 @@ def test_same_seed_gives_identical_history(dataset, tmp_path):
 
 @pytest.mark.parametrize("name", ["tutorial", "airbench-cpu"])
 def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, tmp_path):
-    recipe = get_model_entry(name).recipe.override(epochs=3, batch_size=80)
+    # airbench-cpu: Muon's state, and the switch from small crops to full images after epoch 2.
+    recipe = get_model_entry(name).recipe.override(epochs=3, batch_size=80, small_crop_epochs=2)
     whole = train(dataset, name, recipe, tmp_path / "whole", device="cpu")
 
     class StopAfterEpoch2:
