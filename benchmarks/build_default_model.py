@@ -3,7 +3,8 @@
     python benchmarks/build_default_model.py [--checkpoint runs/train/exp/last.pt]
 
 Without --checkpoint it first trains the default recipe on the shared CIFAR-10 copy
-(`cifar train --data ../shared/data/cifar10-jpeg.tar.gz`, 35-75 minutes on a 2-core CPU).
+(`cifar train --data ../shared/data/cifar10-jpeg.tar.gz`, about 30 minutes of training on a
+2-core AVX2 CPU).
 Then it exports the final weights (last.pt: never a checkpoint picked on the test split) to
 cifarcli/assets/default.onnx with the parity checks of `cifar export`.
 """
