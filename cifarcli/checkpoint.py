@@ -6,9 +6,12 @@ A checkpoint is a plain dict of tensors and JSON-safe values:
 It loads with torch.load(path, weights_only=True), never with a fallback.
 """
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,23 +57,47 @@ class ModelInfo:
         return info
 
 
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver the first one received.
+
+    An exception that a signal handler raises inside torch.save's writer comes out as an
+    unrelated RuntimeError, so a stop must wait until the file is written. Python handles
+    signals only on the main thread; elsewhere there is nothing to defer.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.signal(number, lambda got, frame: received.append(got)) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 def atomic_write(path: Path, write) -> None:
     """write(file) into a temp file beside path, fsync, then rename over path.
 
-    A crash at any instant leaves either the old file or the new one, never half of one.
+    A crash at any instant leaves either the old file or the new one, never half of one, and
+    Ctrl-C or SIGTERM take effect once the file is in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with signals_deferred():
+        descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
 
 def save_checkpoint(path: Path, model, info: ModelInfo, training: "dict | None" = None) -> None:

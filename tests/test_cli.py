@@ -140,3 +140,30 @@ def test_sigterm_saves_and_exits_143_with_a_resume_command(image_folder, cache_d
     from cifarcli.checkpoint import load_checkpoint
 
     assert load_checkpoint(last)["info"].epoch >= 1
+
+
+def test_a_stop_during_a_checkpoint_write_waits_until_the_file_is_in_place(tmp_path):
+    import os
+    import signal
+
+    from cifarcli.checkpoint import atomic_write
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signal_number, frame):
+        raise Stopped
+
+    def write_while_signalled(file):
+        file.write(b"first half ")
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill` would, in the middle of torch.save
+        file.write(b"second half")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped):
+            atomic_write(tmp_path / "last.pt", write_while_signalled)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "last.pt").read_bytes() == b"first half second half"
+    assert [path.name for path in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
