@@ -83,8 +83,8 @@ def keep_freed_memory_in_process() -> None:
 
     A training step allocates and frees the same activations, hundreds of MB each at batch 2000.
     By default glibc maps blocks that large afresh and unmaps them on free, so every step
-    page-faults them in again: airbench94's network trained at 129 img/s with 26% of its CPU
-    time in the kernel, and at 215 img/s with this (BENCHMARKS.md). Not glibc: nothing to do.
+    page-faults them in again: airbench94's network trained at 148 img/s, and at 222 img/s with
+    this (benchmarks/step_speed.py, BENCHMARKS.md). Not glibc: nothing to do.
     """
     import ctypes
 
