@@ -60,7 +60,6 @@ VARIANTS = {
     "muon 8 ep": ("airbench-cpu", {"epochs": 8, "small_crop": 0}),
     "muon 8 ep, first 4 on 24px crops": ("airbench-cpu", {"epochs": 8, "small_crop_epochs": 4}),
     "muon 10 ep, first 5 on 24px crops": ("airbench-cpu", {}),
-    "muon 6 ep": ("airbench-cpu", {"epochs": 6, "small_crop": 0}),
 }
 SWEEP_COLUMNS = [
     "date",

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cifarcli.checkpoint import load_checkpoint
+from cifarcli.errors import CifarError
 from cifarcli.models import REGISTRY, get_model_entry
-from cifarcli.optim import lr_factor, orthogonalize
+from cifarcli.optim import lr_factor, make_optimizers, orthogonalize
 from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, reflect_pad, train
 
 
@@ -72,6 +73,12 @@ def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shap
     diagonal = torch.diagonal(in_matrix_basis)
     assert (in_matrix_basis - torch.diag(diagonal)).abs().max() < 1e-4
     assert diagonal.min() > 0.5 and diagonal.max() < 1.3  # from singular values ~10x apart
+
+
+def test_an_unknown_optimizer_is_refused_in_one_line():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CifarError, match="recipe optimizer 'adamw': choose 'sgd' or 'muon'"):
+        make_optimizers(model, get_model_entry("tutorial").recipe.override(optimizer="adamw"))
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
