@@ -154,6 +154,7 @@ def train_command(
         if run_dir is None:
             run_dir = broadcast_from_main(new_run_dir(out, name) if ranks.is_main else None, ranks)
         stop_on_sigterm()
+        result = None
         try:
             result = train(dataset, model, recipe, run_dir, device, display, checkpoint, ranks)
         except (KeyboardInterrupt, TrainingInterrupted) as stop:
@@ -165,7 +166,7 @@ def train_command(
             raise typer.Exit(code) from None
         finally:
             display.close()
-            shutdown(ranks)
+            shutdown(ranks, finished=result is not None)
     if not ranks.is_main:
         return
     if as_json:
