@@ -1,6 +1,7 @@
 """What every benchmark script shares: the data's location, the machine's name, BENCHMARKS.md."""
 
 import datetime
+import os
 import platform
 from pathlib import Path
 
@@ -9,7 +10,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def machine() -> str:
-    """CPU model, its relevant flags and the core count, e.g. 'AMD EPYC (avx2 only), 2 cores'."""
+    """CPU model, its relevant flags and the core count, e.g. 'AMD EPYC (avx2 only), 2 cores'.
+
+    Machines that /proc/cpuinfo names alike can differ in speed: BENCHMARK_MACHINE, when set,
+    prefixes the name with a label (e.g. "machine C") that BENCHMARKS.md explains."""
+    label = os.environ.get("BENCHMARK_MACHINE")
+    return f"{label}: {cpu_description()}" if label else cpu_description()
+
+
+def cpu_description() -> str:
     try:
         lines = open("/proc/cpuinfo").read().splitlines()
     except OSError:

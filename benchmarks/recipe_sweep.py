@@ -60,6 +60,15 @@ VARIANTS = {
     "muon 8 ep": ("airbench-cpu", {"epochs": 8, "small_crop": 0}),
     "muon 8 ep, first 4 on 24px crops": ("airbench-cpu", {"epochs": 8, "small_crop_epochs": 4}),
     "muon 10 ep, first 5 on 24px crops": ("airbench-cpu", {}),
+    # The tutorial's network is fixed (the Keras tutorial's); only its recipe can make it faster.
+    "tutorial 4 ep": ("tutorial", {"epochs": 4}),
+    "tutorial 4 ep, TTA level 2": ("tutorial", {"epochs": 4, "tta": 2}),
+    "tutorial 4 ep, peak lr 0.2": ("tutorial", {"epochs": 4, "lr": 0.2}),
+    "tutorial 4 ep, peak lr 0.05": ("tutorial", {"epochs": 4, "lr": 0.05}),
+    "tutorial 4 ep, batch 512, peak lr 0.2": ("tutorial", {"epochs": 4, "batch_size": 512, "lr": 0.2}),
+    "tutorial 4 ep, lookahead": ("tutorial", {"epochs": 4, "lookahead": True}),
+    "tutorial 4 ep, lr peaks at 15%": ("tutorial", {"epochs": 4, "lr_peak_at": 0.15}),
+    "tutorial 4 ep, no label smoothing": ("tutorial", {"epochs": 4, "label_smoothing": 0.0}),
 }
 SWEEP_COLUMNS = [
     "date",

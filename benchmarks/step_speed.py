@@ -17,7 +17,8 @@ import torch
 from common import ROOT, append_to_benchmarks, machine, today
 
 sys.path.insert(0, str(ROOT))
-from cifarcli.models import airbench_net
+from cifarcli.checkpoint import materialize
+from cifarcli.models import airbench_net, get_model_entry
 from cifarcli.train import choose_device, keep_freed_memory_in_process
 
 STATS = ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -28,18 +29,21 @@ VARIANTS = {
     "airbench-narrow (64/128/256, GELU)": {"widths": (64, 128, 256)},
     "airbench-narrow at 24x24 input": {"widths": (64, 128, 256), "size": 24},
     "airbench94 at 24x24 input": {"widths": (64, 256, 256), "size": 24},
+    "tutorial": {"model": "tutorial"},
+    "tutorial, NCHW (no channels_last)": {"model": "tutorial", "channels_last": False},
 }
 
 
 COLUMNS = ["date", "machine", "command", "variant", "precision", "training img/s", "warm-up s"]
 
 
-def images_per_second(model, batch_size, size, autocast_dtype, steps=6):
-    model = model.to(memory_format=torch.channels_last)
+def images_per_second(model, batch_size, size, autocast_dtype, steps=6, channels_last=True):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.85, nesterov=True
     )
-    inputs = torch.rand(batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
+    inputs = torch.rand(batch_size, 3, size, size).contiguous(memory_format=memory_format)
     targets = torch.randint(0, 10, (batch_size,))
 
     def step():
@@ -84,10 +88,15 @@ def main():
     lines = []
     for label, options in runs.items():
         size, compiled = options.pop("size", 32), options.pop("compiled", False)
+        channels_last, registered = options.pop("channels_last", True), options.pop("model", None)
         torch.manual_seed(0)
-        model = airbench_net(10, *STATS, **options)
+        if registered:
+            model = get_model_entry(registered).build(10, *STATS)
+            materialize(model, size)
+        else:
+            model = airbench_net(10, *STATS, **options)
         model = torch.compile(model) if compiled else model
-        rate, warm_up = images_per_second(model, args.batch_size, size, autocast_dtype, args.steps)
+        rate, warm_up = images_per_second(model, args.batch_size, size, autocast_dtype, args.steps, channels_last)
         lines.append(
             f"| {today()} | {machine()} | `python benchmarks/step_speed.py {shlex.join(sys.argv[1:])}` | "
             f"{label} | {precision} | {rate:.0f} | {warm_up:.1f} |"

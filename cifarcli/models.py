@@ -112,7 +112,7 @@ def normalize_layer(mean, std):
 @register_model(
     "tutorial",
     Recipe(
-        epochs=6,
+        epochs=4.5,  # 70% or more on each of seeds 0-2; 4 epochs left seed 2 at 69.78% (BENCHMARKS.md)
         batch_size=256,
         lr=0.1,
         momentum=0.9,
@@ -123,7 +123,7 @@ def normalize_layer(mean, std):
         lr_end=0.0,
         translate=2,
         flip="alternating",
-        tta=1,
+        tta=2,
     ),
     "the Keras CIFAR-10 tutorial's CNN: conv32-pool-conv64-pool-conv64-dense64",
 )
