@@ -35,7 +35,7 @@ for candidate, widths in CANDIDATE_WIDTHS.items():
 # name -> (model, recipe overrides), in the order they run.
 CROPS_24 = {"small_crop": 24}
 VARIANTS = {
-    "tutorial (6 ep)": ("tutorial", {}),
+    "tutorial (6 ep)": ("tutorial", {"epochs": 6}),
     "airbench-narrow (18 ep)": ("airbench-narrow", {}),
     "airbench-narrow 20 ep, first 10 on 24px crops": (
         "airbench-narrow",

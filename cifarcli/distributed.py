@@ -7,6 +7,7 @@ shard rank::world of each global batch, and DDP averages the gradients, so each 
 same mean-loss step as one process on the whole batch, and the learning rate stays as it is.
 """
 
+import gc
 import os
 import subprocess
 import sys
@@ -116,13 +117,11 @@ def check_identical_weights(model, ranks: Ranks) -> None:
 def shutdown(ranks: Ranks, finished: bool) -> None:
     """Leave the process group while Python is fully alive. A finished run first waits for every
     rank, so that no rank tears down its connections while another still uses them. Without this,
-    about one two-process run in ten aborted at exit ("terminate called without an active
-    exception", SIGABRT) after training had completed: the process group's C++ threads were
-    destroyed during interpreter finalisation, when DDP's reference cycle was finally freed."""
+    2 of 16 two-process runs aborted at exit after training had completed ("terminate called
+    without an active exception", SIGABRT, no Python frame: during interpreter finalisation,
+    most likely when DDP's reference cycle freed the process group's C++ threads there)."""
     if not ranks.active:
         return
-    import gc
-
     import torch.distributed as dist
 
     if finished:

@@ -419,6 +419,10 @@ def check_resumable(state: dict, info: ModelInfo, path: Path) -> None:
     saved = state["info"]
     if "training" not in state:
         raise CifarError(f"--resume {path}: this checkpoint has no training state; resume from last.pt")
+    if "optimizers" not in state["training"]:  # a single SGD "optimizer" before Muon came in
+        raise CifarError(
+            f"--resume {path}: saved by an earlier cifarcli whose training state cannot be continued; start a new run"
+        )
     if saved.model != info.model or saved.recipe != info.recipe:
         raise CifarError(f"--resume {path}: the model or recipe differs from the checkpoint's; drop the overrides")
     if saved.classes != info.classes or saved.mean != info.mean or saved.std != info.std:

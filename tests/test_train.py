@@ -122,3 +122,14 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, 
     resumed_state = load_checkpoint(resumed.run_dir / "last.pt")["model"]
     for key, tensor in whole_state.items():
         torch.testing.assert_close(resumed_state[key], tensor, rtol=0, atol=0, msg=key)
+
+
+def test_resuming_training_state_of_an_earlier_version_fails_in_one_line(dataset, tmp_path):
+    recipe = get_model_entry("tutorial").recipe.override(epochs=1, batch_size=64)
+    run = train(dataset, "tutorial", recipe, tmp_path / "run", device="cpu")
+    last = run.run_dir / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    payload["training"]["optimizer"] = payload["training"].pop("optimizers")[0]  # the earlier layout
+    torch.save(payload, last)
+    with pytest.raises(CifarError, match=r"earlier cifarcli.*start a new run"):
+        train(dataset, "tutorial", recipe, tmp_path / "run", device="cpu", resume_from=last)
