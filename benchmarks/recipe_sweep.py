@@ -23,6 +23,7 @@ from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
 sys.path.insert(0, str(ROOT))
 from cifarcli.data import load_dataset
 from cifarcli.models import AIRBENCH94_RECIPE, airbench_net, init_whitening, register_model
+from cifarcli.run import prepare_run
 from cifarcli.train import train
 
 # Networks that are only candidates live here, not in the registry users see.
@@ -104,7 +105,7 @@ def run_sweep(args) -> None:
                 continue
             recipe = replace(get_model_entry(model).recipe.override(**overrides), seed=seed)
             with tempfile.TemporaryDirectory() as run_dir:
-                result = train(dataset, model, recipe, Path(run_dir), args.device)
+                result = train(dataset, model, recipe, prepare_run(args.device, run_dir=Path(run_dir)))
             row = {
                 "date": today(),
                 "device": device_name(args.device),

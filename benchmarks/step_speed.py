@@ -19,7 +19,7 @@ from common import ROOT, append_to_benchmarks, machine, today
 sys.path.insert(0, str(ROOT))
 from cifarcli.checkpoint import materialize
 from cifarcli.models import airbench_net, get_model_entry
-from cifarcli.train import choose_device, keep_freed_memory_in_process
+from cifarcli.run import autocast_dtype_of, keep_freed_memory, resolve_precision
 
 STATS = ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 VARIANTS = {
@@ -71,17 +71,18 @@ def main():
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=6, help="steps per timed round (two rounds, best kept)")
     parser.add_argument("--only", nargs="*", help="variant names to time (default: all)")
+    parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16, as cifar train --precision")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of airbench-narrow")
     parser.add_argument(
         "--glibc-default",
         action="store_true",
-        help="leave glibc's malloc as it is (training calls keep_freed_memory_in_process)",
+        help="leave glibc's malloc as it is (training keeps freed memory)",
     )
     args = parser.parse_args()
     if not args.glibc_default:
-        keep_freed_memory_in_process()
-    _, autocast_dtype = choose_device("cpu")
-    precision = "bf16" if autocast_dtype else "fp32"
+        keep_freed_memory(True)
+    precision = resolve_precision(args.precision, "cpu")
+    autocast_dtype = autocast_dtype_of(precision)
     runs = {label: options for label, options in VARIANTS.items() if not args.only or label in args.only}
     if args.compile:
         runs["airbench-narrow, torch.compile (inductor)"] = {"widths": (64, 128, 256), "compiled": True}

@@ -34,6 +34,7 @@ class ModelInfo:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     epoch: int = 0
+    precision: str = "fp32"  # autocast of the training steps; every recorded metric is scored in fp32
     version: str = __version__
 
     def to_dict(self) -> dict:

@@ -14,6 +14,9 @@ import numpy as np
 from cifarcli.checkpoint import ModelInfo
 from cifarcli.errors import CifarError
 
+# One batch size for training's scores and `cifar evaluate`, so that both run the same kernels.
+EVAL_BATCH = 500
+
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: the input contract of every model."""
@@ -62,18 +65,23 @@ class Classifier:
 
 
 class TorchClassifier(Classifier):
-    def __init__(self, model, info: ModelInfo, source: str = "model", device: str = "cpu", autocast_dtype=None):
+    """fp32, channels_last, as training scores its model: the same kernels give the same logits."""
+
+    def __init__(self, model, info: ModelInfo, source: str = "model", device: str = "cpu"):
         import torch
 
         self.model, self.info, self.source = model, info, source
-        self.device, self.autocast_dtype = torch.device(device), autocast_dtype
+        self.device = torch.device(device)
 
     @classmethod
     def from_checkpoint(cls, path: "str | Path", device: str = "cpu") -> "TorchClassifier":
+        import torch
+
         from cifarcli.checkpoint import build_model, load_checkpoint
 
         payload = load_checkpoint(path)
-        model = build_model(payload["info"], payload["model"], str(path)).to(device)
+        model = build_model(payload["info"], payload["model"], str(path))
+        model = model.to(device, memory_format=torch.channels_last)
         return cls(model, payload["info"], str(path), device)
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
@@ -83,8 +91,7 @@ class TorchClassifier(Classifier):
         self.model.eval()
         inputs = torch.from_numpy(to_model_input(images)).to(self.device)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-        enabled = self.autocast_dtype is not None
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+        with torch.no_grad():
             logits = self.model(inputs).float().cpu().numpy()
         self.model.train(was_training)
         return logits

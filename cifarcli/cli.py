@@ -7,7 +7,6 @@ exit code. Set CIFARCLI_DEBUG=1 to see tracebacks instead.
 import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -110,64 +109,72 @@ def train_command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (see `cifar models`).")] = None,
     data: DataOption = None,
     epochs: Annotated[float | None, typer.Option(help="Override the recipe's epochs.", min=0.01)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Override the recipe's batch size.", min=1)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Override the recipe's batch size (global, over all processes).", min=1)
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Override the recipe's peak learning rate.", min=0)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     tta: Annotated[
         int | None, typer.Option(help="Test-time augmentation level 0-2 for the final figure.", min=0, max=2)
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Training steps in auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it natively, "
+            "fp16 on older GPUs, else fp32). Accuracy is always scored in fp32."
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Run name: runs/train/<name>, numbered if it exists.")] = "exp",
     out: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs/train"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    resume: Annotated[Path | None, typer.Option(help="Continue a run: its folder or its last.pt.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue a run from its folder (or its last.pt); needs no other option.")
+    ] = None,
     nproc: Annotated[int, typer.Option(help="Train with N processes here (runs torchrun; see README).", min=1)] = 1,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
 ):
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
     from cifarcli import report
-    from cifarcli.distributed import broadcast_from_main, init_from_environment, launch_local, shutdown
+    from cifarcli.distributed import launch_local, shutdown
     from cifarcli.models import DEFAULT_MODEL, get_model_entry
-    from cifarcli.train import TrainingInterrupted, new_run_dir, train
+    from cifarcli.run import TrainingInterrupted, load_resumable_run, prepare_run, refuse_contradictions
+    from cifarcli.train import train
 
     if nproc > 1:
         with user_errors():
             raise typer.Exit(launch_local(nproc, arguments_without_nproc()))
     display = report.TrainDisplay()
-    run_dir = None
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
     with user_errors():
+        run_dir, checkpoint = None, None
         if resume is not None:
-            run_dir, checkpoint, saved = resume_target(resume)
-            if model and model != saved.model:
-                raise CifarError(f"--model {model}: the run being resumed trained {saved.model}")
-            model = saved.model
-            recipe = get_model_entry(model).recipe.override(**saved.recipe)
+            resumed = load_resumable_run(resume)
+            refuse_contradictions(resumed, model, data, precision, overrides)
+            run_dir, checkpoint = resumed.run_dir, resumed.checkpoint
+            model, data, precision = resumed.model, resumed.data, resumed.precision
+            recipe = get_model_entry(model).recipe.override(**resumed.recipe)
         else:
             model = model or DEFAULT_MODEL
-            checkpoint = None
-            recipe = get_model_entry(model).recipe
-        recipe = recipe.override(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tta=tta)
+            recipe = get_model_entry(model).recipe.override(**overrides)
         dataset = load_data(data, 32, cache_dir)
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
-        ranks = init_from_environment(device)
-        if run_dir is None:
-            run_dir = broadcast_from_main(new_run_dir(out, name) if ranks.is_main else None, ranks)
-        stop_on_sigterm()
+        context = prepare_run(device, precision or "auto", run_dir, out, name)
         result = None
         try:
-            result = train(dataset, model, recipe, run_dir, device, display, checkpoint, ranks)
+            result = train(dataset, model, recipe, context, display, checkpoint)
         except (KeyboardInterrupt, TrainingInterrupted) as stop:
             display.close()
             code = 143 if isinstance(stop, TrainingInterrupted) else 130
-            last = run_dir / "last.pt"
-            hint = f"resume with: cifar train --resume {run_dir}" if last.exists() else "no epoch had completed"
+            last = context.run_dir / "last.pt"
+            hint = f"resume with: cifar train --resume {context.run_dir}" if last.exists() else "no epoch had completed"
             report.note(f"interrupted; {hint}")
             raise typer.Exit(code) from None
         finally:
             display.close()
-            shutdown(ranks, finished=result is not None)
-    if not ranks.is_main:
+            shutdown(context.ranks, finished=result is not None)
+    if not context.ranks.is_main:
         return
     if as_json:
         print_json(
@@ -176,6 +183,7 @@ def train_command(
                 "test_acc": result.test_acc,
                 "test_acc_tta": result.test_acc_tta,
                 "tta": result.tta,
+                "precision": result.precision,
                 "train_seconds": round(result.train_seconds, 1),
                 "history": result.history,
             }
@@ -195,25 +203,6 @@ def arguments_without_nproc() -> list[str]:
         elif not argument.startswith("--nproc="):
             arguments.append(argument)
     return arguments
-
-
-def resume_target(path: Path):
-    from cifarcli.checkpoint import load_checkpoint
-
-    checkpoint = path / "last.pt" if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise CifarError(f"--resume {path}: no last.pt there; give a run folder or its last.pt")
-    saved = load_checkpoint(checkpoint)["info"]
-    return checkpoint.parent, checkpoint, saved
-
-
-def stop_on_sigterm() -> None:
-    from cifarcli.train import TrainingInterrupted
-
-    def handler(signal_number, frame):
-        raise TrainingInterrupted(signal_number)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 # ---------------------------------------------------------------- cifar evaluate

@@ -294,7 +294,7 @@ def read_image_folder(
 
 def describe(dataset: Dataset) -> dict:
     return {
-        "source": dataset.source,
+        "source": str(Path(dataset.source).resolve()),
         "classes": dataset.classes,
         "train": len(dataset.train),
         "test": len(dataset.test),

@@ -31,17 +31,17 @@ class Ranks:
         return self.world > 1
 
 
-def init_from_environment(device: str) -> Ranks:
-    """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA)."""
+def join_process_group(device: str) -> Ranks:
+    """Join the process group torchrun prepared: nccl for a CUDA device (each process on the GPU
+    of its LOCAL_RANK, which the device names), gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()
     import torch
     import torch.distributed as dist
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return Ranks(dist.get_rank(), world, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarcli.checkpoint import atomic_write
-from cifarcli.classifier import Classifier, predict_in_batches
+from cifarcli.classifier import EVAL_BATCH, Classifier, predict_in_batches
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
 
@@ -86,7 +86,12 @@ def most_confused_pairs(confusion: np.ndarray, classes: list[str], count: int = 
 
 
 def evaluate(
-    classifier: Classifier, dataset: Dataset, split: str = "test", tta: int = 0, batch_size: int = 500, on_progress=None
+    classifier: Classifier,
+    dataset: Dataset,
+    split: str = "test",
+    tta: int = 0,
+    batch_size: int = EVAL_BATCH,
+    on_progress=None,
 ) -> Evaluation:
     check_compatible(classifier, dataset)
     data = dataset.split(split)

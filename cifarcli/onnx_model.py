@@ -28,6 +28,7 @@ def metadata_for(info: ModelInfo, export_date: str) -> dict[str, str]:
         "metrics": json.dumps(info.metrics),
         "recipe": json.dumps(info.recipe),
         "epoch": str(info.epoch),
+        "training_precision": info.precision,
         "cifarcli_version": info.version,
         "export_date": export_date,
     }
@@ -49,6 +50,7 @@ def info_from_metadata(metadata: dict[str, str], source: str) -> ModelInfo:
             "recipe": json.loads(metadata.get("recipe", "{}")),
             "metrics": json.loads(metadata.get("metrics", "{}")),
             "epoch": int(metadata.get("epoch", 0)),
+            "precision": metadata.get("training_precision", "fp32"),
             "version": metadata.get("cifarcli_version", "unknown"),
         }
     except (KeyError, ValueError, TypeError) as error:

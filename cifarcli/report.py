@@ -79,9 +79,11 @@ class TrainDisplay:
         self.progress = None
         self.task = None
 
-    def start(self, model_name, run_dir, epochs, steps_per_epoch, device, autocast_dtype):
-        precision = str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32"
-        note(f"training [bold]{model_name}[/] for {epochs} epochs on {device} ({precision}) -> {run_dir}")
+    def start(self, context, model_name, epochs, steps_per_epoch):
+        note(
+            f"training [bold]{model_name}[/] for {epochs} epochs on {context.describe()} -> {context.run_dir}; "
+            "test accuracy scored in fp32"
+        )
         self.epochs = epochs
         self.progress = new_progress(
             TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}  {task.fields[rate]:.0f} img/s")
@@ -126,8 +128,8 @@ def show_training_result(result) -> None:
         )
     out.print(table)
     out.print(
-        f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%}; "
-        f"training {result.train_seconds:.0f} s"
+        f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%} "
+        f"(fp32); training {result.train_seconds:.0f} s in {result.precision}"
     )
     files = ", ".join(
         name

@@ -1,101 +1,36 @@
 """The training loop: batch augmentation, progressive crops, optimizer steps, per-epoch test, TTA.
 
-Read top to bottom: choose the device, build the model, then one plain loop over epochs and
-steps. Everything a run needs is in its Recipe (models.py); everything it writes goes to
-its run folder through `RunFiles`. Progress goes to an `events` object (report.py draws it),
+Read top to bottom: `setup()` builds the model, optimizers and data tensors for a RunContext
+(run.py: device, precision, processes, run folder), `run_epoch()` takes the steps of one epoch,
+`record_epoch()` scores and saves it, and `finish()` scores the final weights. Everything a run
+needs is in its Recipe (models.py). Progress goes to an `events` object (report.py draws it),
 so this module knows nothing of the terminal.
+
+Every accuracy here is scored in fp32, whatever the training precision, so that `cifar
+evaluate` of a checkpoint and of its ONNX export reproduce it exactly.
 """
 
 import csv
 import json
 import math
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cifarcli import __version__
 from cifarcli.checkpoint import ModelInfo, atomic_write, load_checkpoint, materialize, save_checkpoint
-from cifarcli.classifier import TorchClassifier, predict_in_batches
+from cifarcli.classifier import EVAL_BATCH, TorchClassifier, predict_in_batches
 from cifarcli.data import Dataset, describe
-from cifarcli.distributed import Ranks, broadcast_tensors, check_identical_weights, sum_across, wrap_model
+from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import cross_entropy
 from cifarcli.models import Recipe, get_model_entry
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
+from cifarcli.run import RunContext, process_settings
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"]
-EVAL_BATCH = 1000
-SINGLE_PROCESS = Ranks()
-
-
-class TrainingInterrupted(Exception):
-    """Raised by a signal handler; last.pt holds the last completed epoch."""
-
-    def __init__(self, signal_number: int):
-        super().__init__(signal_number)
-        self.signal_number = signal_number
-
-
-# ---------------------------------------------------------------- device and precision
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
-def choose_device(requested: str, processes_here: int = 1):
-    """(device, autocast dtype or None). bf16 only where the hardware runs it natively:
-    emulated bf16 on CPUs without it is 9-16x slower than fp32. The cores are shared among the
-    training processes on this machine."""
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            requested = "cuda"
-        elif torch.backends.mps.is_available():
-            requested = "mps"
-        else:
-            requested = "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise CifarError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if requested == "mps":
-        if not torch.backends.mps.is_available():
-            raise CifarError("--device mps: Apple's MPS backend is not available; use --device cpu or auto")
-        return "mps", None
-    if requested == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_here))
-        return "cpu", torch.bfloat16 if cpu_has_native_bf16() else None
-    raise CifarError(f"--device {requested}: choose auto, cpu, cuda or mps")
-
-
-def keep_freed_memory_in_process() -> None:
-    """Have glibc keep freed memory for reuse instead of returning it to the kernel.
-
-    A training step allocates and frees the same activations, hundreds of MB each at batch 2000.
-    By default glibc maps blocks that large afresh and unmaps them on free, so every step
-    page-faults them in again: airbench94's network trained at 148 img/s, and at 222 img/s with
-    this (benchmarks/step_speed.py, BENCHMARKS.md). Not glibc: nothing to do.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from glibc's malloc.h
-    libc.mallopt(m_mmap_max, 0)  # large blocks come from the heap, which is kept ...
-    libc.mallopt(m_trim_threshold, 2**31 - 1)  # ... rather than trimmed after each free
-    libc.mallopt(m_arena_max, 1)  # one heap, so the intra-op threads reuse the same memory
 
 
 # ---------------------------------------------------------------- augmentation on whole batches
@@ -137,22 +72,6 @@ def crop_size(epoch: int, full_size: int, recipe: Recipe) -> int:
 
 
 # ---------------------------------------------------------------- the run folder
-
-
-def new_run_dir(out: Path, name: str) -> Path:
-    """runs/train/<name>, or <name>2, <name>3, ... when it exists (as Ultralytics does)."""
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise CifarError(f"--name {name}: give a plain folder name; use --out to choose where runs go")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        candidate, number = out / name, 1
-        while candidate.exists():
-            number += 1
-            candidate = out / f"{name}{number}"
-        candidate.mkdir()
-    except OSError as error:
-        raise CifarError(f"--out {out}: cannot create a run folder there ({error.strerror})") from None
-    return candidate
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -197,7 +116,7 @@ def plot_curves(path: Path, rows: list[dict]) -> None:
 
 
 def score(classifier, split, tta: int) -> tuple[float, float]:
-    """(loss, accuracy) of a classifier on a split."""
+    """(loss, accuracy) of a classifier on a split, in fp32."""
     logits = predict_in_batches(classifier, split.images, EVAL_BATCH, tta)
     return cross_entropy(logits, split.labels), float((logits.argmax(1) == split.labels).mean())
 
@@ -209,30 +128,70 @@ def score(classifier, split, tta: int) -> tuple[float, float]:
 class TrainResult:
     run_dir: Path
     history: list[dict]
-    test_acc: float  # final weights, no TTA
-    test_acc_tta: float  # final weights, with the recipe's TTA
+    test_acc: float  # final weights, no TTA, fp32
+    test_acc_tta: float  # final weights, with the recipe's TTA, fp32
     tta: int
     train_seconds: float
+    precision: str  # of the training steps
+
+
+@dataclass
+class Training:
+    """Everything setup() builds for a run; the epochs advance it."""
+
+    context: RunContext
+    dataset: Dataset
+    recipe: Recipe
+    info: ModelInfo  # the model's description, without metrics
+    model: object  # the torch module
+    network: object  # DDP around the model under torchrun, else the model itself
+    classifier: TorchClassifier  # scores the model in fp32
+    optimizers: list
+    lookahead: "Lookahead | None"
+    scaler: object  # torch.amp.GradScaler for fp16, else None
+    generator: object  # torch.Generator: order, augmentation and flips
+    padded: object  # uint8 (N, 3, H+2p, W+2p) training images, reflect-padded once
+    labels: object  # int64 (N,)
+    flip_base: object  # bool (N,): which images the alternating flip mirrors in even epochs
+    batch_size: int  # global, over all processes
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    whiten_bias_steps: int  # steps before the whitening bias freezes (-1: no whitening layer)
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    train_seconds: float = 0.0
+    best_acc: float = -1.0
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
 
 
 def train(
     dataset: Dataset,
     model_name: str,
     recipe: Recipe,
-    run_dir: Path,
-    device: str = "auto",
+    context: RunContext,
     events=None,
     resume_from: "Path | None" = None,
-    ranks: Ranks = SINGLE_PROCESS,
 ) -> TrainResult:
-    """Train and write the run folder. Under torchrun (ranks.active) every rank trains its
-    shard of each global batch and only rank 0 shows progress and writes files."""
+    """Train and write the run folder. Under torchrun every rank trains its shard of each global
+    batch and only rank 0 shows progress and writes files."""
+    events = events if events and context.ranks.is_main else SilentEvents()
+    with process_settings(context):
+        training = setup(context, dataset, model_name, recipe, resume_from)
+        events.start(context, model_name, training.epochs, training.steps_per_epoch)
+        for epoch in range(training.start_epoch, training.epochs):
+            steps = min(training.steps_per_epoch, training.total_steps - epoch * training.steps_per_epoch)
+            events.epoch_start(epoch + 1, steps)
+            events.epoch_end(record_epoch(training, epoch, *run_epoch(training, epoch, steps, events)))
+        return finish(training)
+
+
+def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe, resume_from=None) -> Training:
     import torch
 
-    events = events if events and ranks.is_main else SilentEvents()
-    device, autocast_dtype = choose_device(device, ranks.local_world)
-    if device == "cpu":
-        keep_freed_memory_in_process()
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     entry = get_model_entry(model_name)
@@ -245,145 +204,220 @@ def train(
     materialize(model, size)
     if entry.prepare:
         entry.prepare(model, train_split.images)
-    model = model.to(device, memory_format=torch.channels_last)
-    info = ModelInfo(model_name, dataset.classes, size, mean, std, recipe.to_dict())
-    classifier = TorchClassifier(model, info, "training", device, autocast_dtype)
-    network = wrap_model(model, device, ranks)  # DDP under torchrun, else the model itself
+    model = model.to(context.device, memory_format=torch.channels_last)
+    info = ModelInfo(model_name, dataset.classes, size, mean, std, recipe.to_dict(), precision=context.precision)
 
-    # 2. Steps, schedule, optimizer. A fractional epoch count trains part of the last epoch.
+    # 2. Steps and schedule. A fractional epoch count trains part of the last epoch.
     batch_size = min(recipe.batch_size, len(train_split))
+    world = context.ranks.world
+    if batch_size % world:
+        raise CifarError(
+            f"--batch-size {batch_size}: each of the {world} processes takes an equal share of the global batch; "
+            f"choose a multiple of {world}"
+        )
     steps_per_epoch = len(train_split) // batch_size
     total_steps = math.ceil(recipe.epochs * steps_per_epoch)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizers = make_optimizers(model, recipe)
-    lookahead = Lookahead(model) if recipe.lookahead else None
-    whiten_bias_steps = round(recipe.whiten_bias_epochs * steps_per_epoch)
-    padded = torch.from_numpy(reflect_pad(train_split.images, recipe.translate))
-    labels = torch.from_numpy(train_split.labels)
-    # Alternating flip (airbench): a random half is mirrored in even epochs, the other half in odd.
-    flip_base = torch.rand(len(train_split), generator=generator) < 0.5
-
-    history, start_epoch, train_seconds = [], 0, 0.0
+    training = Training(
+        context=context,
+        dataset=dataset,
+        recipe=recipe,
+        info=info,
+        model=model,
+        network=wrap_model(model, context.device, context.ranks),
+        classifier=TorchClassifier(model, info, "training", context.device),
+        optimizers=make_optimizers(model, recipe),
+        lookahead=Lookahead(model) if recipe.lookahead else None,
+        scaler=torch.amp.GradScaler(context.device_type) if context.precision == "fp16" else None,
+        generator=generator,
+        padded=torch.from_numpy(reflect_pad(train_split.images, recipe.translate)),
+        labels=torch.from_numpy(train_split.labels),
+        # Alternating flip (airbench): a random half is mirrored in even epochs, the other half in odd.
+        flip_base=torch.rand(len(train_split), generator=generator) < 0.5,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        epochs=math.ceil(total_steps / steps_per_epoch),
+        whiten_bias_steps=round(recipe.whiten_bias_epochs * steps_per_epoch) if entry.prepare else -1,
+    )
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        check_resumable(state, info, resume_from)
-        model.load_state_dict(state["model"])
-        for optimizer, saved in zip(optimizers, state["training"]["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
-        generator.set_state(state["training"]["generator"])
-        torch.set_rng_state(state["training"]["torch_rng"])
-        if lookahead:
-            for average, saved in zip(lookahead.average, state["training"]["lookahead"], strict=True):
-                average.copy_(saved)
-        history = read_history(run_dir / "history.csv")[: state["info"].epoch]
-        start_epoch = state["info"].epoch
-        train_seconds = sum(row["seconds"] for row in history)
+        restore(training, resume_from)
+    if context.ranks.is_main:
+        write_config(context.run_dir / "config.json", training)
+    return training
 
-    # After any resume: load_state_dict replaces the optimizers' group dicts.
-    param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
 
-    def save(path: Path, epoch: int, metrics: dict, with_training_state: bool) -> None:
-        training = None
-        if with_training_state:
-            training = {
-                "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "lookahead": lookahead.average if lookahead else [],
-            }
-        described = ModelInfo(model_name, dataset.classes, size, mean, std, recipe.to_dict(), metrics, epoch)
-        if ranks.is_main:
-            save_checkpoint(path, model, described, training)
+def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float, int, int, float]:
+    """The steps of one epoch: (summed loss, correct, images seen, seconds), over all processes."""
+    import torch
 
-    if ranks.is_main:
-        write_config(run_dir / "config.json", model_name, recipe, dataset, device, autocast_dtype, ranks.world)
-    events.start(model_name, run_dir, epochs, steps_per_epoch, device, autocast_dtype)
-    best_acc = max((row["test_acc"] for row in history), default=-1.0)
+    t, context, recipe = training, training.context, training.recipe
+    ranks = context.ranks
+    t.model.train()
+    order = torch.randperm(len(t.labels), generator=t.generator)
+    flips = flip_masks(recipe.flip, t.flip_base, epoch, t.generator)
+    epoch_size = crop_size(epoch, t.info.input_size, recipe)
+    started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+    for step in range(steps):
+        global_step = epoch * t.steps_per_epoch + step
+        if 0 <= t.whiten_bias_steps <= global_step:  # <=: a run resumed past that step too
+            freeze_whitening_bias(t.model)
+        for group in t.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(global_step, t.total_steps, recipe)
+        indices = order[step * t.batch_size : (step + 1) * t.batch_size]
+        # Every rank augments the whole global batch alike, then keeps its shard.
+        inputs = augment_batch(t.padded, indices, epoch_size, flips[indices], t.generator)
+        inputs, indices = inputs[ranks.rank :: ranks.world], indices[ranks.rank :: ranks.world]
+        inputs = inputs.to(context.device, non_blocking=True).float().div_(255)  # (B, 3, H, W) in [0, 1]
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        targets = t.labels[indices].to(context.device, non_blocking=True)  # (B,)
+        dtype = context.autocast_dtype
+        with torch.autocast(context.device_type, dtype=dtype, enabled=dtype is not None):
+            logits = t.network(inputs).float()  # (B, classes)
+        loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
+        t.model.zero_grad(set_to_none=True)
+        step_optimizers(t, loss)
+        if t.lookahead and (global_step + 1) % LOOKAHEAD_EVERY == 0:
+            t.lookahead.update(0.95**LOOKAHEAD_EVERY * ((global_step + 1) / t.total_steps) ** 3)
+        loss_sum += loss.item() * len(indices)
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(indices)
+        events.step(step + 1, loss_sum / seen, correct / seen, seen * ranks.world / (time.perf_counter() - started))
+    if t.lookahead and epoch == t.epochs - 1:
+        t.lookahead.update(1.0)  # end on the average (airbench)
+    seconds = time.perf_counter() - started
+    loss_sum, correct, seen = sum_across([loss_sum, correct, seen], ranks)
+    broadcast_tensors([*t.model.buffers(), *(t.lookahead.average if t.lookahead else [])], ranks)
+    return loss_sum, int(correct), int(seen), seconds
 
-    # 3. The loop.
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        first_step = epoch * steps_per_epoch
-        steps = min(steps_per_epoch, total_steps - first_step)
-        order = torch.randperm(len(train_split), generator=generator)
-        flips = flip_masks(recipe.flip, flip_base, epoch, generator)
-        epoch_size = crop_size(epoch, size, recipe)
-        events.epoch_start(epoch + 1, steps)
-        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for step in range(steps):
-            global_step = first_step + step
-            if entry.prepare and global_step >= whiten_bias_steps:  # >=: a resumed run too
-                freeze_whitening_bias(model)
-            for group in param_groups:
-                group["lr"] = group["base_lr"] * lr_factor(global_step, total_steps, recipe)
-            indices = order[step * batch_size : (step + 1) * batch_size]
-            # Every rank augments the whole global batch alike, then keeps its shard.
-            inputs = augment_batch(padded, indices, epoch_size, flips[indices], generator)
-            inputs, indices = inputs[ranks.rank :: ranks.world], indices[ranks.rank :: ranks.world]
-            inputs = inputs.to(device, non_blocking=True).float().div_(255)  # (B, 3, H, W) in [0, 1]
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-            targets = labels[indices].to(device, non_blocking=True)  # (B,)
-            with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = network(inputs).float()  # (B, classes)
-            loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            if lookahead and (global_step + 1) % LOOKAHEAD_EVERY == 0:
-                lookahead.update(0.95**LOOKAHEAD_EVERY * ((global_step + 1) / total_steps) ** 3)
-            loss_sum += loss.item() * len(indices)
-            correct += int((logits.argmax(1) == targets).sum())
-            seen += len(indices)
-            elapsed = time.perf_counter() - started
-            events.step(step + 1, loss_sum / seen, correct / seen, seen * ranks.world / elapsed)
-        if lookahead and epoch == epochs - 1:
-            lookahead.update(0.0)  # end on the average
-        seconds = time.perf_counter() - started
-        train_seconds += seconds
-        loss_sum, correct, seen = sum_across([loss_sum, correct, seen], ranks)
-        broadcast_tensors([*model.buffers(), *(lookahead.average if lookahead else [])], ranks)
 
-        # 4. Evaluate the epoch's weights on the test split (without TTA) and save.
-        test_loss, test_acc = score(classifier, dataset.test, tta=0)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": round(loss_sum / seen, 5),
-            "train_acc": round(correct / seen, 5),
-            "test_loss": round(test_loss, 5),
-            "test_acc": round(test_acc, 5),
-            "lr": round(param_groups[0]["lr"], 6),
-            "seconds": round(seconds, 2),
-            "images_per_s": round(seen / seconds, 1),
-        }
-        history.append(row)
-        if ranks.is_main:
-            write_history(run_dir / "history.csv", history)
-        metrics = {"test_acc": row["test_acc"], "test_loss": row["test_loss"], "epoch": epoch + 1}
-        save(run_dir / "last.pt", epoch + 1, metrics, with_training_state=True)
-        if test_acc > best_acc:
-            best_acc = test_acc
-            save(run_dir / "best.pt", epoch + 1, metrics, with_training_state=False)
-        events.epoch_end(row)
+def step_optimizers(training: Training, loss) -> None:
+    """Backward and one step of every optimizer; with fp16, through a gradient scaler so that
+    small gradients do not underflow to zero."""
+    if training.scaler is None:
+        loss.backward()
+        for optimizer in training.optimizers:
+            optimizer.step()
+        return
+    training.scaler.scale(loss).backward()
+    for optimizer in training.optimizers:
+        training.scaler.step(optimizer)
+    training.scaler.update()
 
-    # 5. The final figure: the last weights, plain and with the recipe's TTA.
-    final_acc = history[-1]["test_acc"]
-    _, tta_acc = score(classifier, dataset.test, recipe.tta)
-    metrics = {
-        "test_acc": final_acc,
-        "test_loss": history[-1]["test_loss"],
-        "test_acc_tta": round(tta_acc, 5),
-        "tta": recipe.tta,
-        "epoch": epochs,
-        "train_seconds": round(train_seconds, 1),
+
+def record_epoch(training: Training, epoch: int, loss_sum: float, correct: int, seen: int, seconds: float) -> dict:
+    """Score the epoch's weights on the test split (fp32, no TTA), append the history row, save
+    last.pt and, on a better test accuracy, best.pt."""
+    t = training
+    test_loss, test_acc = score(t.classifier, t.dataset.test, tta=0)
+    t.train_seconds += seconds
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": round(loss_sum / seen, 5),
+        "train_acc": round(correct / seen, 5),
+        "test_loss": round(test_loss, 5),
+        "test_acc": round(test_acc, 5),
+        "lr": round(t.param_groups[0]["lr"], 6),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(seen / seconds, 1),
     }
-    save(run_dir / "last.pt", epochs, metrics, with_training_state=True)
-    if history[-1]["test_acc"] >= best_acc:
-        save(run_dir / "best.pt", epochs, metrics, with_training_state=False)
-    check_identical_weights(model, ranks)
-    if ranks.is_main:
-        plot_curves(run_dir / "curves.png", history)
-    return TrainResult(run_dir, history, final_acc, round(tta_acc, 5), recipe.tta, train_seconds)
+    t.history.append(row)
+    if t.context.ranks.is_main:
+        write_history(t.context.run_dir / "history.csv", t.history)
+    metrics = {"test_acc": row["test_acc"], "test_loss": row["test_loss"], "epoch": epoch + 1}
+    save(t, "last.pt", epoch + 1, metrics, with_training_state=True)
+    if test_acc > t.best_acc:
+        t.best_acc = test_acc
+        save(t, "best.pt", epoch + 1, metrics, with_training_state=False)
+    return row
+
+
+def finish(training: Training) -> TrainResult:
+    """The final figure: the last weights, plain and with the recipe's TTA, both in fp32."""
+    t = training
+    last = t.history[-1]
+    _, tta_acc = score(t.classifier, t.dataset.test, t.recipe.tta)
+    metrics = {
+        "test_acc": last["test_acc"],
+        "test_loss": last["test_loss"],
+        "test_acc_tta": round(tta_acc, 5),
+        "tta": t.recipe.tta,
+        "epoch": t.epochs,
+        "train_seconds": round(t.train_seconds, 1),
+    }
+    save(t, "last.pt", t.epochs, metrics, with_training_state=True)
+    if last["test_acc"] >= t.best_acc:
+        save(t, "best.pt", t.epochs, metrics, with_training_state=False)
+    check_identical_weights(t.model, t.context.ranks)
+    if t.context.ranks.is_main:
+        plot_curves(t.context.run_dir / "curves.png", t.history)
+    return TrainResult(
+        t.context.run_dir, t.history, last["test_acc"], round(tta_acc, 5), t.recipe.tta, t.train_seconds,
+        t.context.precision,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+def save(training: Training, name: str, epoch: int, metrics: dict, with_training_state: bool) -> None:
+    import torch
+
+    t = training
+    if not t.context.ranks.is_main:
+        return
+    state = None
+    if with_training_state:
+        state = {
+            "optimizers": [optimizer.state_dict() for optimizer in t.optimizers],
+            "generator": t.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "lookahead": t.lookahead.average if t.lookahead else [],
+            "scaler": t.scaler.state_dict() if t.scaler else {},
+        }
+    described = ModelInfo(**{**t.info.to_dict(), "metrics": metrics, "epoch": epoch})
+    save_checkpoint(t.context.run_dir / name, t.model, described, state)
+
+
+def restore(training: Training, checkpoint: Path) -> None:
+    """Continue from last.pt: weights, optimizer states, random generators, lookahead, history."""
+    import torch
+
+    t = training
+    state = load_checkpoint(checkpoint)
+    check_resumable(state, t.info, checkpoint)
+    t.model.load_state_dict(state["model"])
+    for optimizer, saved in zip(t.optimizers, state["training"]["optimizers"], strict=True):
+        optimizer.load_state_dict(saved)
+    t.generator.set_state(state["training"]["generator"])
+    torch.set_rng_state(state["training"]["torch_rng"])
+    if t.lookahead:
+        for average, saved in zip(t.lookahead.average, state["training"]["lookahead"], strict=True):
+            average.copy_(saved)
+    if t.scaler:
+        t.scaler.load_state_dict(state["training"]["scaler"])
+    # history.csv may hold an epoch that last.pt does not (a kill between the two writes).
+    t.start_epoch = state["info"].epoch
+    t.history = read_history(t.context.run_dir / "history.csv")[: t.start_epoch]
+    t.train_seconds = sum(row["seconds"] for row in t.history)
+    t.best_acc = max((row["test_acc"] for row in t.history), default=-1.0)
+
+
+def check_resumable(state: dict, info: ModelInfo, path: Path) -> None:
+    saved = state["info"]
+    if "training" not in state:
+        raise CifarError(f"--resume {path}: this checkpoint has no training state; resume from last.pt")
+    if "optimizers" not in state["training"]:  # a single SGD "optimizer" before Muon came in
+        raise CifarError(
+            f"--resume {path}: saved by an earlier cifarcli whose training state cannot be continued; start a new run"
+        )
+    if saved.model != info.model or saved.recipe != info.recipe:
+        raise CifarError(f"--resume {path}: the model or recipe differs from the checkpoint's; drop the overrides")
+    if saved.precision != info.precision:
+        raise CifarError(
+            f"--resume {path}: the run trained in {saved.precision}, not {info.precision}; drop --precision"
+        )
+    if saved.classes != info.classes or saved.mean != info.mean or saved.std != info.std:
+        raise CifarError(f"--resume {path}: the data differs from the checkpoint's; pass the same --data")
 
 
 def flip_masks(policy: str, flip_base, epoch: int, generator):
@@ -402,37 +436,27 @@ def freeze_whitening_bias(model) -> None:
     whitening_layer(model).bias.requires_grad_(False)
 
 
-def write_config(path: Path, model_name: str, recipe: Recipe, dataset: Dataset, device: str, autocast_dtype, processes):
+def write_config(path: Path, training: Training) -> None:
+    """The resolved recipe, data and run context: what `--resume RUN_DIR` continues with."""
+    context = training.context
     config = {
-        "model": model_name,
-        "recipe": recipe.to_dict(),
-        "data": describe(dataset),
-        "device": device,
-        "processes": processes,
-        "precision": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32",
+        "model": training.info.model,
+        "recipe": training.recipe.to_dict(),
+        "data": describe(training.dataset),
+        "device": context.device,
+        "precision": context.precision,
+        "processes": context.ranks.world,
+        "threads": context.threads,
+        "scored_in": "fp32",
         "cifarcli": __version__,
     }
     atomic_write(path, lambda file: file.write((json.dumps(config, indent=2) + "\n").encode()))
 
 
-def check_resumable(state: dict, info: ModelInfo, path: Path) -> None:
-    saved = state["info"]
-    if "training" not in state:
-        raise CifarError(f"--resume {path}: this checkpoint has no training state; resume from last.pt")
-    if "optimizers" not in state["training"]:  # a single SGD "optimizer" before Muon came in
-        raise CifarError(
-            f"--resume {path}: saved by an earlier cifarcli whose training state cannot be continued; start a new run"
-        )
-    if saved.model != info.model or saved.recipe != info.recipe:
-        raise CifarError(f"--resume {path}: the model or recipe differs from the checkpoint's; drop the overrides")
-    if saved.classes != info.classes or saved.mean != info.mean or saved.std != info.std:
-        raise CifarError(f"--resume {path}: the data differs from the checkpoint's; pass the same --data")
-
-
 class SilentEvents:
     """The events interface that report.py implements; this one shows nothing."""
 
-    def start(self, *args):
+    def start(self, context, model_name, epochs, steps_per_epoch):
         pass
 
     def epoch_start(self, epoch, steps):

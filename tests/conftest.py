@@ -72,12 +72,13 @@ def dataset(image_folder, cache_dir):
 def trained_run(dataset, tmp_path_factory):
     """The tutorial CNN trained for a few epochs on the shapes: a real model, in seconds."""
     from cifarcli.models import get_model_entry
+    from cifarcli.run import prepare_run
     from cifarcli.train import train
 
     recipe = get_model_entry("tutorial").recipe.override(epochs=8, batch_size=32, lr=0.05)
     run_dir = tmp_path_factory.mktemp("runs") / "exp"
     run_dir.mkdir()
-    return train(dataset, "tutorial", recipe, run_dir, device="cpu")
+    return train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=run_dir))
 
 
 @pytest.fixture(scope="session")

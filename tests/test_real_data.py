@@ -15,13 +15,14 @@ def test_tutorial_one_epoch_on_real_cifar10(cache_dir, tmp_path):
     from cifarcli.data import load_dataset
     from cifarcli.evaluate import evaluate
     from cifarcli.models import get_model_entry
+    from cifarcli.run import prepare_run
     from cifarcli.train import train
 
     dataset = load_dataset(SHARED_DATA, cache_dir=cache_dir)
     assert len(dataset.train) == 50_000 and len(dataset.test) == 10_000 and not dataset.skipped
     assert dataset.classes[:3] == ["airplane", "automobile", "bird"]
     recipe = get_model_entry("tutorial").recipe.override(epochs=1)
-    result = train(dataset, "tutorial", recipe, tmp_path, device="cpu")
+    result = train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path))
     assert result.test_acc >= 0.40
     from cifarcli.classifier import load_classifier
 

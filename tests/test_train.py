@@ -12,6 +12,7 @@ from cifarcli.checkpoint import load_checkpoint
 from cifarcli.errors import CifarError
 from cifarcli.models import REGISTRY, get_model_entry
 from cifarcli.optim import lr_factor, make_optimizers, orthogonalize
+from cifarcli.run import prepare_run
 from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, reflect_pad, train
 
 
@@ -84,15 +85,15 @@ def test_an_unknown_optimizer_is_refused_in_one_line():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_model_trains_a_step_and_evaluates(name, dataset, tmp_path):
     recipe = get_model_entry(name).recipe.override(epochs=1, batch_size=120, tta=1)
-    result = train(dataset, name, recipe, tmp_path, device="cpu")
+    result = train(dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path))
     assert len(result.history) == 1 and 0.0 <= result.test_acc <= 1.0
     assert np.isfinite(result.history[0]["train_loss"])
 
 
 def test_same_seed_gives_identical_history(dataset, tmp_path):
     recipe = get_model_entry("tutorial").recipe.override(epochs=2, batch_size=64, seed=3)
-    first = train(dataset, "tutorial", recipe, tmp_path / "a", device="cpu")
-    second = train(dataset, "tutorial", recipe, tmp_path / "b", device="cpu")
+    first = train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "a"))
+    second = train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "b"))
     strip = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in first.history]
     assert strip == [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in second.history]
 
@@ -101,7 +102,7 @@ def test_same_seed_gives_identical_history(dataset, tmp_path):
 def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, tmp_path):
     # airbench-cpu: Muon's state, and the switch from small crops to full images after epoch 2.
     recipe = get_model_entry(name).recipe.override(epochs=3, batch_size=80, small_crop_epochs=2)
-    whole = train(dataset, name, recipe, tmp_path / "whole", device="cpu")
+    whole = train(dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path / "whole"))
 
     class StopAfterEpoch2:
         def start(self, *args): ...
@@ -114,9 +115,11 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, 
 
     (tmp_path / "cut").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        train(dataset, name, recipe, tmp_path / "cut", device="cpu", events=StopAfterEpoch2())
+        train(dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path / "cut"), events=StopAfterEpoch2())
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["info"].epoch == 2
-    resumed = train(dataset, name, recipe, tmp_path / "cut", device="cpu", resume_from=tmp_path / "cut" / "last.pt")
+    resumed = train(
+        dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path / "cut"), resume_from=tmp_path / "cut" / "last.pt"
+    )
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     whole_state = load_checkpoint(whole.run_dir / "last.pt")["model"]
     resumed_state = load_checkpoint(resumed.run_dir / "last.pt")["model"]
@@ -126,10 +129,10 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, 
 
 def test_resuming_training_state_of_an_earlier_version_fails_in_one_line(dataset, tmp_path):
     recipe = get_model_entry("tutorial").recipe.override(epochs=1, batch_size=64)
-    run = train(dataset, "tutorial", recipe, tmp_path / "run", device="cpu")
+    run = train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "run"))
     last = run.run_dir / "last.pt"
     payload = torch.load(last, weights_only=True)
     payload["training"]["optimizer"] = payload["training"].pop("optimizers")[0]  # the earlier layout
     torch.save(payload, last)
     with pytest.raises(CifarError, match=r"earlier cifarcli.*start a new run"):
-        train(dataset, "tutorial", recipe, tmp_path / "run", device="cpu", resume_from=last)
+        train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "run"), resume_from=last)
