@@ -1,21 +1,27 @@
 """Train one preset end to end and append a row to BENCHMARKS.md.
 
-    python benchmarks/train_speed.py --model tutorial [--epochs N] [--seed S] [--data PATH]
+    python benchmarks/train_speed.py --model tutorial [--epochs N] [--seed S] [--precision P] [--data PATH]
 
 Runs `cifar train ... --json` in a subprocess (the machine should be otherwise idle) and
-records date, CPU, command, epochs, training seconds (decode excluded: the cache is warm
-after the first run), images/s, and the final weights' test accuracy without and with TTA.
+records date, CPU, command, epochs, training seconds, the command's wall seconds (startup,
+per-epoch scoring and the final TTA pass included; decode excluded when the cache is warm,
+as it is after the first run), images/s, the training precision, and the final weights' test
+accuracy without and with TTA (scored in fp32).
 """
 
 import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
 
-TRAIN_COLUMNS = ["date", "machine", "command", "epochs", "train s", "img/s", "test acc", "test acc with TTA"]
+SECTION = "Training runs with precision and wall time (`benchmarks/train_speed.py`)"
+TRAIN_COLUMNS = [
+    "date", "machine", "command", "epochs", "precision", "train s", "wall s", "img/s", "test acc", "test acc with TTA",
+]  # fmt: skip
 
 
 def main() -> None:
@@ -25,24 +31,28 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
 
     command = ["cifar", "train", "--data", args.data, "--seed", str(args.seed), "--device", args.device]
+    command += ["--precision", args.precision]
     command += ["--model", args.model] if args.model else []
     command += ["--epochs", str(args.epochs)] if args.epochs else []
     command += ["--name", "bench", "--out", str(ROOT / "runs" / "bench"), "--json"]
+    started = time.perf_counter()
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    wall_seconds = time.perf_counter() - started
     result = json.loads(completed.stdout)
     history = result["history"]
     images_per_s = sum(row["images_per_s"] * row["seconds"] for row in history) / sum(row["seconds"] for row in history)
     shown = " ".join(command[: command.index("--name")]).replace(args.data, Path(args.data).name)
     row = (
-        f"| {today()} | {machine()} | `{shown}` | {len(history)} | "
-        f"{result['train_seconds']:.0f} | {images_per_s:.0f} | {result['test_acc']:.2%} | "
+        f"| {today()} | {machine()} | `{shown}` | {len(history)} | {result['precision']} | "
+        f"{result['train_seconds']:.0f} | {wall_seconds:.0f} | {images_per_s:.0f} | {result['test_acc']:.2%} | "
         f"{result['test_acc_tta']:.2%} (level {result['tta']}) |"
     )
     print(row)
-    append_to_benchmarks("Training runs (`benchmarks/train_speed.py`)", [row], TRAIN_COLUMNS)
+    append_to_benchmarks(SECTION, [row], TRAIN_COLUMNS)
 
 
 if __name__ == "__main__":

@@ -167,3 +167,56 @@ def test_a_stop_during_a_checkpoint_write_waits_until_the_file_is_in_place(tmp_p
         signal.signal(signal.SIGTERM, previous)
     assert (tmp_path / "last.pt").read_bytes() == b"first half second half"
     assert [path.name for path in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def without_timings(history):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in history]
+
+
+def test_kill_9_then_resume_with_the_run_folder_alone_gives_the_uninterrupted_history(
+    image_folder, cache_dir, tmp_path
+):
+    import os
+    import signal
+    import time
+
+    arguments = ["train", "-m", "tutorial", "--data", str(image_folder), "--epochs", "40", "--batch-size", "8"]
+    arguments += ["--out", str(tmp_path)]
+    whole = runner.invoke(app, [*arguments, "--name", "whole", "--json"])
+    assert whole.exit_code == 0, whole.output
+
+    process = subprocess.Popen([sys.executable, "-m", "cifarcli", *arguments, "--name", "cut"], stderr=subprocess.PIPE)
+    history = tmp_path / "cut" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not history.exists() or len(history.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut"), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    expected, actual = json.loads(whole.stdout), json.loads(resumed.stdout)
+    assert without_timings(actual["history"]) == without_timings(expected["history"])
+    assert (actual["test_acc"], actual["test_acc_tta"]) == (expected["test_acc"], expected["test_acc_tta"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--epochs", "5"], "--epochs 5.0: the run being resumed has 8"),
+        (["--model", "airbench94"], "--model airbench94: the run being resumed trained tutorial"),
+        (["--data", "{tmp}"], "--data {tmp}: the run being resumed trained on"),
+        (["--precision", "{other}"], "--precision {other}: the run being resumed trains in {precision}"),
+    ],
+)
+def test_resume_refuses_an_option_that_contradicts_the_run_folder(extra, message, trained_run, tmp_path):
+    precision = load_precision(trained_run)
+    names = {"tmp": tmp_path, "precision": precision, "other": "fp32" if precision == "bf16" else "bf16"}
+    result = runner.invoke(app, ["train", "--resume", str(trained_run.run_dir), *[a.format(**names) for a in extra]])
+    assert result.exit_code == 2, result.output
+    assert message.format(**names) in result.output and "Traceback" not in result.output
+
+
+def load_precision(run):
+    return json.loads((run.run_dir / "config.json").read_text())["precision"]

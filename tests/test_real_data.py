@@ -1,5 +1,6 @@
 """On the real CIFAR-10 copy beside the checkout (skipped where it is absent, as on a fresh
-machine): one epoch of the tutorial CNN must clearly learn."""
+machine): one epoch of the tutorial CNN must clearly learn, and the checkpoint and its ONNX export must
+reproduce the figures training printed."""
 
 import pytest
 
@@ -25,5 +26,11 @@ def test_tutorial_one_epoch_on_real_cifar10(cache_dir, tmp_path):
     result = train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path))
     assert result.test_acc >= 0.40
     from cifarcli.classifier import load_classifier
+    from cifarcli.export import export_checkpoint
 
-    assert evaluate(load_classifier(tmp_path / "last.pt"), dataset).accuracy == result.test_acc
+    # The figures train prints are the shipped model's, whatever precision the CPU trained in.
+    export_checkpoint(tmp_path / "last.pt", tmp_path / "model.onnx", dataset=dataset)
+    for path in (tmp_path / "last.pt", tmp_path / "model.onnx"):
+        classifier = load_classifier(path)
+        assert evaluate(classifier, dataset).accuracy == result.test_acc, path
+        assert evaluate(classifier, dataset, tta=result.tta).accuracy == result.test_acc_tta, path

@@ -136,3 +136,80 @@ def test_resuming_training_state_of_an_earlier_version_fails_in_one_line(dataset
     torch.save(payload, last)
     with pytest.raises(CifarError, match=r"earlier cifarcli.*start a new run"):
         train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "run"), resume_from=last)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_final_figures_are_reproduced_by_the_checkpoint_and_its_onnx_export(precision, dataset, tmp_path):
+    # bf16 is forced even on CPUs without native bf16 (slow there, but the model is tiny).
+    from cifarcli.classifier import load_classifier
+    from cifarcli.evaluate import evaluate
+    from cifarcli.export import export_checkpoint
+
+    recipe = get_model_entry("tutorial").recipe.override(epochs=3, batch_size=32, lr=0.05)
+    result = train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path))
+    assert result.precision == precision
+    assert json.loads((tmp_path / "config.json").read_text())["precision"] == precision
+    assert load_checkpoint(tmp_path / "last.pt")["info"].precision == precision
+    export_checkpoint(tmp_path / "last.pt", tmp_path / "model.onnx", dataset=dataset)
+    for path in (tmp_path / "last.pt", tmp_path / "model.onnx"):
+        classifier = load_classifier(path)
+        assert evaluate(classifier, dataset).accuracy == result.test_acc, path
+        assert evaluate(classifier, dataset, tta=result.tta).accuracy == result.test_acc_tta, path
+    best = load_checkpoint(tmp_path / "best.pt")["info"]
+    assert evaluate(load_classifier(tmp_path / "best.pt"), dataset).accuracy == best.metrics["test_acc"]
+
+
+def test_bf16_training_steps_differ_from_fp32(dataset, tmp_path):
+    recipe = get_model_entry("tutorial").recipe.override(epochs=1, batch_size=32)
+    for precision in ("fp32", "bf16"):
+        train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path / precision))
+    fp32, bf16 = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("fp32", "bf16"))
+    assert any(not torch.equal(fp32[key], bf16[key]) for key in fp32 if fp32[key].is_floating_point())
+
+
+def test_precision_is_decided_by_the_hardware_or_refused_in_one_line():
+    from cifarcli.run import cpu_has_native_bf16, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(CifarError, match="--precision fp16: only on CUDA"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(CifarError, match="--precision fp8: choose auto, fp32, bf16, fp16"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_training_gives_the_process_back_as_it_found_it(dataset, tmp_path):
+    import signal
+
+    threads, sigterm = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    torch.set_num_threads(1)
+    try:
+        context = prepare_run("cpu", run_dir=tmp_path)
+        assert context.threads >= 1
+        recipe = get_model_entry("tutorial").recipe.override(epochs=0.5, batch_size=64)
+        train(dataset, "tutorial", recipe, context)
+        assert torch.get_num_threads() == 1 and signal.getsignal(signal.SIGTERM) == sigterm
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_global_batch_that_the_processes_cannot_share_is_refused(dataset, tmp_path):
+    from cifarcli.distributed import Ranks
+    from cifarcli.run import RunContext
+
+    context = RunContext("cpu", "fp32", Ranks(rank=0, world=3, local_world=3), tmp_path, 1)
+    recipe = get_model_entry("tutorial").recipe.override(batch_size=64)
+    with pytest.raises(CifarError, match=r"--batch-size 64: .* 3 processes .* multiple of 3"):
+        train(dataset, "tutorial", recipe, context)
+
+
+def test_lookahead_ends_on_the_average():
+    from cifarcli.optim import Lookahead
+
+    model = torch.nn.Linear(3, 2)
+    lookahead = Lookahead(model)
+    average = [tensor.clone() for tensor in lookahead.average]
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead.update(1.0)
+    torch.testing.assert_close(model.weight.detach(), average[0])
