@@ -35,6 +35,7 @@ class ModelInfo:
     metrics: dict = field(default_factory=dict)
     epoch: int = 0
     precision: str = "fp32"  # autocast of the training steps; every recorded metric is scored in fp32
+    val_fraction: float = 0.0  # > 0: trained on a ROOT/<class>/* folder whose test split held this out
     version: str = __version__
 
     def to_dict(self) -> dict:

@@ -23,6 +23,11 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """Translate (N, H, W, 3) images by whole pixels with reflect padding."""
     pad = max(abs(dy), abs(dx))

@@ -19,9 +19,16 @@ from cifarcli.errors import CifarError, first_line
 app = typer.Typer(
     help="Train, evaluate, export and serve a small image classifier, one command each.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def complete_model_name(incomplete: str) -> list[str]:
+    """Shell completion of --model (`cifar --install-completion`); the registry imports no torch."""
+    from cifarcli.models import REGISTRY
+
+    return [name for name in REGISTRY if name.startswith(incomplete)]
+
 
 DataOption = Annotated[
     str | None,
@@ -35,7 +42,18 @@ CacheOption = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="Where downloads and decoded pixels are cached [~/.cache/cifarcli]."),
 ]
+ValFractionOption = Annotated[
+    float | None,
+    typer.Option(
+        help="For a folder of class folders (ROOT/<class>/*): the fraction of each class held out as its test "
+        "split [0.1 for training; evaluation uses the model's]."
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")]
+
+
+# What `pip install cifarcli[train]` adds to the inference-only install (predict, evaluate .onnx).
+TRAINING_PACKAGES = {"torch", "torchvision", "onnx", "onnxscript"}
 
 
 @contextlib.contextmanager
@@ -74,12 +92,12 @@ def root(
     """cifarcli"""
 
 
-def load_data(data, size, cache_dir):
+def load_data(data, size, cache_dir, val_fraction=None):
     from cifarcli import report
-    from cifarcli.data import load_dataset
+    from cifarcli.data import DEFAULT_VAL_FRACTION, load_dataset
 
     with report.progress_callback() as on_progress:
-        dataset = load_dataset(data, size=size, cache_dir=cache_dir, on_progress=on_progress)
+        dataset = load_dataset(data, size, cache_dir, on_progress, val_fraction or DEFAULT_VAL_FRACTION)
     if dataset.skipped:
         report.note(f"skipped {len(dataset.skipped)} unreadable image(s), first: {dataset.skipped[0]}")
     return dataset
@@ -106,8 +124,12 @@ def models_command(as_json: JsonOption = False):
 
 @app.command("train")
 def train_command(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (see `cifar models`).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model name (see `cifar models`).", autocompletion=complete_model_name),
+    ] = None,
     data: DataOption = None,
+    val_fraction: ValFractionOption = None,
     epochs: Annotated[float | None, typer.Option(help="Override the recipe's epochs.", min=0.01)] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Override the recipe's batch size (global, over all processes).", min=1)
@@ -150,14 +172,16 @@ def train_command(
         run_dir, checkpoint = None, None
         if resume is not None:
             resumed = load_resumable_run(resume)
-            refuse_contradictions(resumed, model, data, precision, overrides)
+            given = {"model": model, "data": data, "val_fraction": val_fraction, "precision": precision}
+            refuse_contradictions(resumed, {**given, **overrides})
             run_dir, checkpoint = resumed.run_dir, resumed.checkpoint
             model, data, precision = resumed.model, resumed.data, resumed.precision
+            val_fraction = resumed.val_fraction
             recipe = get_model_entry(model).recipe.override(**resumed.recipe)
         else:
             model = model or DEFAULT_MODEL
             recipe = get_model_entry(model).recipe.override(**overrides)
-        dataset = load_data(data, 32, cache_dir)
+        dataset = load_data(data, 32, cache_dir, val_fraction)
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
         context = prepare_run(device, precision or "auto", run_dir, out, name)
@@ -212,6 +236,7 @@ def arguments_without_nproc() -> list[str]:
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="A .pt checkpoint or an .onnx model from `cifar export`.")],
     data: DataOption = None,
+    val_fraction: ValFractionOption = None,
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     tta: Annotated[
         bool, typer.Option("--tta/--no-tta", help="Test-time augmentation at the model recipe's level.")
@@ -228,11 +253,12 @@ def evaluate_command(
 
     with user_errors():
         classifier = load_classifier(model)
-        dataset = load_data(data, classifier.info.input_size, cache_dir)
+        val_fraction = val_fraction or classifier.info.val_fraction
+        dataset = load_data(data, classifier.info.input_size, cache_dir, val_fraction)
         level = int(classifier.info.recipe.get("tta", 1)) if tta else 0
         with report.progress_callback() as on_progress:
             evaluation = evaluate(classifier, dataset, split, level, batch_size, on_progress)
-        written = write_outputs(evaluation, out) if out else []
+        written = write_outputs(evaluation, out, dataset.split(split).images) if out else []
     if as_json:
         print_json(evaluation.to_dict())
     else:
@@ -249,13 +275,23 @@ def export_command(
         Path | None, typer.Option("--output", "-o", help="The .onnx file [beside the checkpoint].")
     ] = None,
     opset: Annotated[
-        int | None, typer.Option(help="ONNX opset [the newest both torch and ONNX Runtime support].", min=18)
+        int | None,
+        typer.Option(
+            help="ONNX opset [20: the most portable; 18 up to the newest torch and ONNX Runtime support].", min=18
+        ),
     ] = None,
     data: DataOption = None,
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write <name>.int8.onnx, statically quantized (needs --data).")
     ] = False,
     calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate --int8.", min=1)] = 300,
+    int8_max_loss: Annotated[
+        float,
+        typer.Option(
+            help="Refuse an --int8 model whose test accuracy is more than this below fp32's [0.01: one point; 1: any].",
+            min=0,
+        ),
+    ] = 0.01,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
 ):
@@ -268,8 +304,10 @@ def export_command(
 
     with user_errors():
         info = load_checkpoint(checkpoint)["info"]
-        dataset = load_data(data, info.input_size, cache_dir) if data else None
-        result = export_checkpoint(checkpoint, output, opset, dataset, int8, calibration_images)
+        dataset = load_data(data, info.input_size, cache_dir, info.val_fraction) if data else None
+        result = export_checkpoint(
+            checkpoint, output, opset, dataset, int8, calibration_images, int8_max_loss=int8_max_loss
+        )
     if as_json:
         print_json({**asdict(result), "path": str(result.path)})
     else:
@@ -294,6 +332,12 @@ def predict_command(
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")] = True,
     threads: Annotated[int, typer.Option(help="Decode threads and ONNX Runtime threads [all cores].", min=0)] = 0,
+    min_confidence: Annotated[
+        float, typer.Option(help="Label an image 'unsure' when its top class's confidence is below this.", min=0, max=1)
+    ] = 0.0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run: skip the files already in --output.")
+    ] = False,
     as_json: JsonOption = False,
 ):
     """Classify images with an ONNX model. Exit 0: all predicted; 3: some files failed; 2: usage errors."""
@@ -313,11 +357,16 @@ def predict_command(
         files = discover_images(paths, recursive)
         if not files:
             raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")
-        writer = RowWriter(output, top_k) if output else None
+        if resume and not output:
+            raise CifarError("--resume: give the --output file of the run to continue")
+        writer = RowWriter(output, top_k, resume) if output else None
+        if writer and writer.done:
+            files = [path for path in files if str(path) not in writer.done]
+            report.note(f"resuming: {len(writer.done):,} rows already in {output}, {len(files):,} files to go")
         started, summary = time.perf_counter(), Summary(keep_all=as_json)
         try:
             with report.PredictDisplay(len(files)) as display:
-                for row in predict_files(classifier, files, batch_size, top_k, threads):
+                for row in predict_files(classifier, files, batch_size, top_k, threads, min_confidence):
                     summary.add(row)
                     if writer:
                         writer.write(row)
@@ -338,11 +387,18 @@ def predict_command(
 def main():
     try:
         app(prog_name="cifar")
-    except Exception as error:  # a bug, not a user error: one line unless debugging
+    except Exception as error:  # a missing training package, or a bug: one line unless debugging
         if os.environ.get("CIFARCLI_DEBUG"):
             raise
         from cifarcli import report
 
+        package = (getattr(error, "name", None) or "").split(".")[0]
+        if isinstance(error, ModuleNotFoundError) and package in TRAINING_PACKAGES:
+            report.error_line(
+                f"this command needs {package}, which this inference-only install lacks; "
+                "install it with: pip install 'cifarcli[train]'"
+            )
+            raise SystemExit(2) from None
         report.error_line(
             f"unexpected {type(error).__name__}: {first_line(error)} (set CIFARCLI_DEBUG=1 for the traceback)"
         )

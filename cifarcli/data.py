@@ -4,7 +4,8 @@ A source is one of:
   None                      CIFAR-10 downloaded by torchvision into the cache folder
   cifar-10-python.tar.gz    the official archive (its pickles are read by a restricted unpickler)
   cifar-10-batches-py/      the official archive, extracted
-  ROOT/                     an image folder: ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg
+  ROOT/                     an image folder: ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg,
+                            or ROOT/<class>/*.jpg, whose test split is a held-out fraction
   ROOT.tar.gz|.tgz|.zip     an archive of such an image folder
 
 Whatever the source, the result is a `Dataset` of two `Split`s holding uint8 RGB pixels
@@ -18,6 +19,7 @@ import pickle
 import tarfile
 import typing
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +31,9 @@ from cifarcli.errors import CifarError, ImageDecodeError, first_line
 from cifarcli.images import decode_image, is_image_name
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning
+DEFAULT_VAL_FRACTION = 0.1  # of each class of a ROOT/<class>/* folder, held out as its test split
+SPLIT_SEED = 0  # the same hold-out for every run, whatever its training seed
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 
 # (description, done, total): how data code reports progress without knowing the terminal.
@@ -52,6 +56,8 @@ class Dataset:
     classes: list[str]
     source: str
     skipped: list[str] = field(default_factory=list)  # "file: reason" for undecodable images
+    val_fraction: float = 0.0  # > 0: the test split was held out of a ROOT/<class>/* folder
+    held_out: list[str] = field(default_factory=list)  # then: its files, as paths inside the source
 
     def split(self, name: str) -> Split:
         if name not in ("train", "test"):
@@ -68,8 +74,12 @@ def load_dataset(
     size: int = 32,
     cache_dir: "Path | None" = None,
     on_progress: "ProgressCallback | None" = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
 ) -> Dataset:
-    """Load a data source as uint8 splits of size x size, decoding only on the first call."""
+    """Load a data source as uint8 splits of size x size, decoding only on the first call.
+    val_fraction applies only to a folder of class folders, which has no test split of its own."""
+    if not 0 < val_fraction < 1:
+        raise CifarError(f"--val-fraction {val_fraction}: choose a fraction between 0 and 1, such as 0.1")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if source is None:
         path = download_cifar10(cache_dir)
@@ -77,10 +87,10 @@ def load_dataset(
         path = Path(source).expanduser()
         if not path.exists():
             raise CifarError(f"--data {source}: no such file or folder")
-    cache_file = cache_dir / "decoded" / f"{source_fingerprint(path, size)}.npz"
+    cache_file = cache_dir / "decoded" / f"{source_fingerprint(path, size, val_fraction)}.npz"
     if cache_file.exists():
         return read_cache(cache_file, str(path))
-    dataset = decode_source(path, size, on_progress or (lambda *_: None))
+    dataset = decode_source(path, size, on_progress or (lambda *_: None), val_fraction)
     write_cache(cache_file, dataset)
     return dataset
 
@@ -103,11 +113,11 @@ def download_cifar10(cache_dir: Path) -> Path:
     return target
 
 
-def source_fingerprint(path: Path, size: int) -> str:
+def source_fingerprint(path: Path, size: int, val_fraction: float) -> str:
     """A key that changes when the source's files change (path, sizes, modification times)."""
     path = path.resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{path}".encode())
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{val_fraction}|{path}".encode())
     for file in files:
         stat = file.stat()
         digest.update(f"|{file.relative_to(path.parent)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -122,6 +132,8 @@ def read_cache(cache_file: Path, source: str) -> Dataset:
             classes=[str(name) for name in arrays["classes"]],
             source=source,
             skipped=[str(line) for line in arrays["skipped"]],
+            val_fraction=float(arrays["val_fraction"]),
+            held_out=[str(name) for name in arrays["held_out"]],
         )
 
 
@@ -136,25 +148,27 @@ def write_cache(cache_file: Path, dataset: Dataset) -> None:
         test_labels=dataset.test.labels,
         classes=np.array(dataset.classes),
         skipped=np.array(dataset.skipped, dtype=str),
+        val_fraction=np.array(dataset.val_fraction),
+        held_out=np.array(dataset.held_out, dtype=str),
     )
     os.replace(partial, cache_file)
 
 
-def decode_source(path: Path, size: int, on_progress: ProgressCallback) -> Dataset:
+def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float) -> Dataset:
     name = path.name.lower()
     if path.is_dir() and (path / "data_batch_1").exists():
         return read_cifar_batches(lambda member: (path / member).read_bytes(), str(path), size)
     if path.is_dir():
-        return read_image_folder(iter_folder_images(path), str(path), size, on_progress)
+        return read_image_folder(iter_folder_images(path), str(path), size, on_progress, val_fraction)
     if name.endswith(ARCHIVE_SUFFIXES):
-        return decode_archive(path, size, on_progress)
+        return decode_archive(path, size, on_progress, val_fraction)
     raise CifarError(
-        f"--data {path}: not a data source; give an image folder with train/ and test/, "
-        "a .tar.gz/.tgz/.zip of one, or the official cifar-10-python.tar.gz"
+        f"--data {path}: not a data source; give an image folder (ROOT/train/<class>, ROOT/test/<class> "
+        "or ROOT/<class>), a .tar.gz/.tgz/.zip of one, or the official cifar-10-python.tar.gz"
     )
 
 
-def decode_archive(path: Path, size: int, on_progress: ProgressCallback) -> Dataset:
+def decode_archive(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float) -> Dataset:
     try:
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
@@ -164,7 +178,7 @@ def decode_archive(path: Path, size: int, on_progress: ProgressCallback) -> Data
                     prefix = batches[0][: -len("data_batch_1")]
                     return read_cifar_batches(lambda m: archive.read(prefix + m), str(path), size)
                 images = ((m, archive.read(m)) for m in members if is_image_name(m))
-                return read_image_folder(images, str(path), size, on_progress)
+                return read_image_folder(images, str(path), size, on_progress, val_fraction)
         with tarfile.open(path, "r:*") as archive:
             members = {m.name: m for m in archive.getmembers() if m.isfile()}
             batches = [m for m in members if m.endswith("cifar-10-batches-py/data_batch_1")]
@@ -172,7 +186,7 @@ def decode_archive(path: Path, size: int, on_progress: ProgressCallback) -> Data
                 prefix = batches[0][: -len("data_batch_1")]
                 return read_cifar_batches(lambda m: archive.extractfile(members[prefix + m]).read(), str(path), size)
             images = ((m, archive.extractfile(members[m]).read()) for m in members if is_image_name(m))
-            return read_image_folder(images, str(path), size, on_progress)
+            return read_image_folder(images, str(path), size, on_progress, val_fraction)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
         raise CifarError(f"--data {path}: cannot read the archive ({first_line(error)})") from None
 
@@ -236,21 +250,29 @@ def resize_array(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def iter_folder_images(root: Path) -> Iterator[tuple[str, Path]]:
-    for split in ("train", "test"):
-        for file in sorted((root / split).glob("*/*")):
-            if is_image_name(file.name) and not file.name.startswith("."):
-                yield str(file.relative_to(root)), file
+    pattern = "*/*/*" if (root / "train").is_dir() else "*/*"
+    for file in sorted(root.glob(pattern)):
+        if is_image_name(file.name) and not file.name.startswith("."):
+            yield str(file.relative_to(root)), file
 
 
 def read_image_folder(
-    items: "Iterator[tuple[str, bytes | Path]]", source: str, size: int, on_progress: ProgressCallback
+    items: "Iterator[tuple[str, bytes | Path]]",
+    source: str,
+    size: int,
+    on_progress: ProgressCallback,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
 ) -> Dataset:
-    """items: (path inside the source, bytes or file). Paths end in <split>/<class>/<file>."""
-    entries = []
-    for name, payload in items:
-        parts = Path(name).parts
-        if len(parts) >= 3 and parts[-3] in ("train", "test") and not parts[-1].startswith("."):
-            entries.append((parts[-3], parts[-2], name, payload))
+    """items: (path inside the source, bytes or file). Paths end in <split>/<class>/<file>, or in
+    <class>/<file> when the source has no train/ and test/: then each class's test images are
+    held out by `hold_out`."""
+    files = [(Path(name).parts, name, payload) for name, payload in items if not Path(name).name.startswith(".")]
+    in_splits = [entry for entry in files if len(entry[0]) >= 3 and entry[0][-3] in ("train", "test")]
+    entries = [(parts[-3], parts[-2], name, payload) for parts, name, payload in in_splits]
+    held_out = not entries
+    if held_out:
+        in_classes = [(parts[-2], name, payload) for parts, name, payload in files if len(parts) >= 2]
+        entries = hold_out(in_classes, val_fraction, source)
     entries.sort(key=lambda entry: (entry[0], entry[1], Path(entry[2]).name))  # archive order varies
     classes = sorted({cls for split, cls, _, _ in entries if split == "train"})
     test_classes = sorted({cls for split, cls, _, _ in entries if split == "test"})
@@ -289,7 +311,38 @@ def read_image_folder(
         if not pixels:
             raise CifarError(f"--data {source}: no readable images in {split}/")
         splits[split] = Split(np.stack(pixels), np.asarray(labels, dtype=np.int64))
-    return Dataset(splits["train"], splits["test"], classes, source, skipped)
+    if not held_out:
+        return Dataset(splits["train"], splits["test"], classes, source, skipped)
+    decoded = zip(entries, results, strict=True)
+    test_files = sorted(name for (split, _, name, _), (_, error) in decoded if split == "test" and not error)
+    return Dataset(splits["train"], splits["test"], classes, source, skipped, val_fraction, test_files)
+
+
+def hold_out(files: list[tuple[str, str, object]], fraction: float, source: str) -> list[tuple]:
+    """(class, name, payload) files -> (split, class, name, payload) entries. Stratified and
+    deterministic: each class's files, in name order, are shuffled by a generator seeded with
+    SPLIT_SEED and the class name (so adding a class moves no other class's files), and the first
+    round(fraction x count), at least one, become its test images."""
+    by_class: dict[str, list] = {}
+    for cls, name, payload in files:
+        by_class.setdefault(cls, []).append((name, payload))
+    if len(by_class) < 2:
+        raise CifarError(
+            f"--data {source}: expected class folders (ROOT/<class>/*) or ROOT/train/<class> and ROOT/test/<class>"
+        )
+    entries = []
+    for cls, members in sorted(by_class.items()):
+        members.sort(key=lambda member: member[0])
+        count = max(1, round(fraction * len(members)))
+        if count >= len(members):
+            raise CifarError(
+                f"--data {source}: class '{cls}' has {len(members)} image(s), too few to hold out "
+                f"{fraction:g} of them for testing; add images or lay out train/ and test/ yourself"
+            )
+        order = np.random.default_rng([SPLIT_SEED, zlib.crc32(cls.encode())]).permutation(len(members))
+        test = set(order[:count].tolist())
+        entries += [("test" if i in test else "train", cls, name, payload) for i, (name, payload) in enumerate(members)]
+    return entries
 
 
 def describe(dataset: Dataset) -> dict:
@@ -300,4 +353,5 @@ def describe(dataset: Dataset) -> dict:
         "test": len(dataset.test),
         "skipped": len(dataset.skipped),
         "image_size": list(dataset.train.images.shape[1:3]),
+        "val_fraction": dataset.val_fraction,
     }

@@ -1,4 +1,6 @@
-"""Metrics a user can act on: accuracy, loss, per-class precision/recall/F1, confusion matrix.
+"""Metrics a user can act on: accuracy, loss, per-class precision/recall/F1, confusion matrix,
+calibration (how far the softmax confidence is from the accuracy), and the most confident
+mistakes; with `--out`, pictures of them.
 
 Works on any Classifier (.pt through PyTorch, .onnx through ONNX Runtime without torch).
 """
@@ -10,9 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from cifarcli.checkpoint import atomic_write
-from cifarcli.classifier import EVAL_BATCH, Classifier, predict_in_batches
+from cifarcli.classifier import EVAL_BATCH, Classifier, predict_in_batches, softmax
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
+
+CALIBRATION_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017
+GALLERY_SIZE = 25  # most confident mistakes shown and listed
 
 
 @dataclass
@@ -24,10 +29,13 @@ class Evaluation:
     images: int
     accuracy: float
     loss: float
-    per_class: list[dict]  # name, precision, recall, f1, support
+    per_class: list[dict]  # name, precision, recall (the class's accuracy), f1, support
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     most_confused: list[dict]  # true, predicted, count; the five largest off-diagonal cells
     classes: list[str]
+    ece: float  # expected calibration error: images-weighted |accuracy - confidence| over the bins
+    reliability: list[dict]  # per confidence bin: lower, upper, images, confidence, accuracy
+    confident_mistakes: list[dict]  # index in the split, true, predicted, confidence; most confident first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +81,44 @@ def per_class_metrics(confusion: np.ndarray, classes: list[str]) -> list[dict]:
     ]
 
 
+def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> tuple[float, list]:
+    """(expected calibration error, one row per non-empty bin) of top-1 confidences."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, error = [], 0.0
+    for index in range(bins):
+        members = which == index
+        if not members.any():
+            continue
+        mean_confidence, accuracy = float(confidence[members].mean()), float(correct[members].mean())
+        error += members.mean() * abs(accuracy - mean_confidence)
+        rows.append(
+            {
+                "lower": round(float(edges[index]), 4),
+                "upper": round(float(edges[index + 1]), 4),
+                "images": int(members.sum()),
+                "confidence": round(mean_confidence, 5),
+                "accuracy": round(accuracy, 5),
+            }
+        )
+    return round(float(error), 5), rows
+
+
+def most_confident_mistakes(probabilities, labels, classes, count: int = GALLERY_SIZE) -> list[dict]:
+    predictions, confidence = probabilities.argmax(1), probabilities.max(1)
+    wrong = np.flatnonzero(predictions != labels)
+    ranked = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    return [
+        {
+            "index": int(i),
+            "true": classes[labels[i]],
+            "predicted": classes[predictions[i]],
+            "confidence": round(float(confidence[i]), 5),
+        }
+        for i in ranked
+    ]
+
+
 def most_confused_pairs(confusion: np.ndarray, classes: list[str], count: int = 5) -> list[dict]:
     off_diagonal = confusion.copy()
     np.fill_diagonal(off_diagonal, 0)
@@ -97,8 +143,10 @@ def evaluate(
     data = dataset.split(split)
     report_batch = (lambda done: on_progress("evaluating", done, len(data))) if on_progress else None
     logits = predict_in_batches(classifier, data.images, batch_size, tta, report_batch)
+    probabilities = softmax(logits.astype(np.float64))
     predictions = logits.argmax(1)
     confusion = confusion_matrix(data.labels, predictions, len(dataset.classes))
+    ece, reliability = calibration(probabilities.max(1), predictions == data.labels)
     return Evaluation(
         model=classifier.source,
         data=dataset.source,
@@ -111,28 +159,103 @@ def evaluate(
         confusion=confusion.tolist(),
         most_confused=most_confused_pairs(confusion, dataset.classes),
         classes=dataset.classes,
+        ece=ece,
+        reliability=reliability,
+        confident_mistakes=most_confident_mistakes(probabilities, data.labels, dataset.classes),
     )
 
 
-def write_outputs(evaluation: Evaluation, out_dir: Path) -> list[Path]:
-    """metrics.json and confusion.png in out_dir, each written atomically."""
+def write_outputs(evaluation: Evaluation, out_dir: Path, images: np.ndarray) -> list[Path]:
+    """metrics.json and four pictures in out_dir, each written atomically. images: the evaluated
+    split's uint8 pixels, for the gallery of mistakes."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CifarError(f"--out {out_dir}: cannot create the folder ({error.strerror})") from None
     metrics = out_dir / "metrics.json"
     atomic_write(metrics, lambda file: file.write((json.dumps(evaluation.to_dict(), indent=2) + "\n").encode()))
-    picture = out_dir / "confusion.png"
-    plot_confusion(picture, evaluation)
-    return [metrics, picture]
+    pictures = {
+        "confusion.png": plot_confusion,
+        "per_class_accuracy.png": plot_per_class_accuracy,
+        "reliability.png": plot_reliability,
+        "mistakes.png": lambda figure_path, e: plot_mistakes(figure_path, e, images),
+    }
+    for name, plot in pictures.items():
+        plot(out_dir / name, evaluation)
+    return [metrics, *(out_dir / name for name in pictures)]
 
 
-def plot_confusion(path: Path, evaluation: Evaluation) -> None:
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(figure, path: Path) -> None:
+    figure.tight_layout()
+    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100))
+    pyplot().close(figure)
+
+
+def plot_per_class_accuracy(path: Path, evaluation: Evaluation) -> None:
+    plt = pyplot()
+    names = [row["name"] for row in evaluation.per_class]
+    accuracy = [row["recall"] for row in evaluation.per_class]
+    figure, axes = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 4))
+    axes.bar(range(len(names)), accuracy, color="tab:blue")
+    axes.axhline(evaluation.accuracy, color="black", linestyle="--", label=f"overall {evaluation.accuracy:.2%}")
+    axes.set(ylim=(0, 1), ylabel="Accuracy (recall)", title=f"Accuracy per class ({evaluation.split})")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.legend(loc="lower right")
+    save_figure(figure, path)
+
+
+def plot_reliability(path: Path, evaluation: Evaluation) -> None:
+    """Accuracy against confidence per bin: a calibrated model's bars touch the diagonal."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(5, 5))
+    bins = evaluation.reliability
+    axes.bar(
+        [row["lower"] for row in bins],
+        [row["accuracy"] for row in bins],
+        width=[row["upper"] - row["lower"] for row in bins],
+        align="edge",
+        edgecolor="black",
+        label="accuracy",
+    )
+    axes.plot([0, 1], [0, 1], color="tab:red", linestyle="--", label="perfect calibration")
+    axes.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="Confidence (top-1 softmax)",
+        ylabel="Accuracy",
+        title=f"Reliability ({evaluation.split}), ECE {evaluation.ece:.2%}",
+    )
+    axes.legend(loc="upper left")
+    save_figure(figure, path)
+
+
+def plot_mistakes(path: Path, evaluation: Evaluation, images: np.ndarray) -> None:
+    """The most confident mistakes: each image with its true and predicted class."""
+    plt = pyplot()
+    mistakes = evaluation.confident_mistakes
+    columns = 5
+    rows = max(1, -(-len(mistakes) // columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, mistake in zip(grid.flat, mistakes, strict=False):
+        axes.imshow(images[mistake["index"]], interpolation="nearest")
+        axes.set_title(f"true {mistake['true']}\npred {mistake['predicted']} {mistake['confidence']:.0%}", fontsize=8)
+    figure.suptitle(f"Most confident mistakes ({evaluation.split})" if mistakes else "No mistakes")
+    save_figure(figure, path)
+
+
+def plot_confusion(path: Path, evaluation: Evaluation) -> None:
+    plt = pyplot()
     confusion = np.array(evaluation.confusion)
     classes = evaluation.classes
     size = max(5, 0.6 * len(classes) + 2)
@@ -152,6 +275,4 @@ def plot_confusion(path: Path, evaluation: Evaluation) -> None:
     for (row, column), count in np.ndenumerate(confusion):
         color = "white" if count > threshold else "black"
         axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=8)
-    figure.tight_layout()
-    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100))
-    plt.close(figure)
+    save_figure(figure, path)

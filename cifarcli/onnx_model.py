@@ -6,6 +6,7 @@ runs before anything else touches the model.
 """
 
 import json
+import re
 from pathlib import Path
 
 from cifarcli.checkpoint import ModelInfo
@@ -29,6 +30,7 @@ def metadata_for(info: ModelInfo, export_date: str) -> dict[str, str]:
         "recipe": json.dumps(info.recipe),
         "epoch": str(info.epoch),
         "training_precision": info.precision,
+        "val_fraction": str(info.val_fraction),
         "cifarcli_version": info.version,
         "export_date": export_date,
     }
@@ -51,6 +53,7 @@ def info_from_metadata(metadata: dict[str, str], source: str) -> ModelInfo:
             "metrics": json.loads(metadata.get("metrics", "{}")),
             "epoch": int(metadata.get("epoch", 0)),
             "precision": metadata.get("training_precision", "fp32"),
+            "val_fraction": float(metadata.get("val_fraction", 0)),
             "version": metadata.get("cifarcli_version", "unknown"),
         }
     except (KeyError, ValueError, TypeError) as error:
@@ -79,6 +82,23 @@ def check_with_onnx(serialized: bytes, source: str) -> None:
         raise CifarError(f"{source}: fails onnx.checker ({first_line(error)})") from None
 
 
+def explain_load_failure(error: Exception, path: Path) -> str:
+    """One line; for a model newer than the installed ONNX Runtime, its opset, the runtime's
+    version and the two fixes."""
+    import onnxruntime as ort
+
+    message = str(error)
+    opset = re.search(r"Opset (\d+) is under development.*?domain ([\w.]+)", message, re.DOTALL)
+    ir_version = re.search(r"Unsupported model IR version: (\d+)", message)
+    if not (opset or ir_version):
+        return f"{path}: not a loadable ONNX model ({first_line(error)})"
+    needs = f"opset {opset[1]} of {opset[2]}" if opset else f"IR version {ir_version[1]}"
+    return (
+        f"{path}: the model needs {needs}, newer than onnxruntime {ort.__version__} supports; "
+        f"upgrade it (pip install -U onnxruntime) or re-export with `cifar export CHECKPOINT --opset 20`"
+    )
+
+
 def open_onnx_model(path: "str | Path", threads: int = 0):
     """(description, ONNX Runtime session) of a cifarcli export, or a one-line CifarError."""
     import onnxruntime as ort
@@ -95,6 +115,6 @@ def open_onnx_model(path: "str | Path", threads: int = 0):
         # From bytes, not the path: ONNX Runtime then cannot resolve external data next to it.
         session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise CifarError(f"{path}: not a loadable ONNX model ({first_line(error)})") from None
+        raise CifarError(explain_load_failure(error, path)) from None
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     return info_from_metadata(metadata, str(path)), session

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cifarcli.classifier import softmax
 from cifarcli.errors import CifarError, ImageDecodeError
 from cifarcli.images import decode_image, is_image_name
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.onnx"
+UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
 GLOB_CHARACTERS = set("*?[")
 
 
@@ -44,11 +46,13 @@ class Summary:
     counts: Counter = field(default_factory=Counter)
     images: int = 0
     failed: int = 0
+    unsure: int = 0
     seconds: float = 0.0
 
     def add(self, row: Row) -> None:
         self.images += 1
         self.failed += bool(row.error)
+        self.unsure += row.label == UNSURE
         self.counts[row.label or "(failed)"] += 1
         if self.keep_all or len(self.rows) < self.shown:
             self.rows.append(row)
@@ -59,6 +63,7 @@ class Summary:
             "images": self.images,
             "predicted": self.images - self.failed,
             "failed": self.failed,
+            "unsure": self.unsure,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(rate, 1),
         }
@@ -144,16 +149,12 @@ def decoded_in_order(files: list[Path], size: int, threads: int, window: int) ->
             yield path, future.result()
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def predict_files(
-    classifier, files: list[Path], batch_size: int = 256, top_k: int = 1, threads: int = 0
+    classifier, files: list[Path], batch_size: int = 256, top_k: int = 1, threads: int = 0, min_confidence: float = 0
 ) -> Iterator[Row]:
     """Rows in the order of `files`, batch by batch. The last batch is padded to the batch size:
-    ONNX Runtime keeps memory for every new input shape it sees."""
+    ONNX Runtime keeps memory for every new input shape it sees. A top confidence below
+    min_confidence is labelled UNSURE; the row keeps that confidence and the top-k candidates."""
     threads = threads or os.cpu_count() or 1
     classes = classifier.info.classes
     top_k = max(1, min(top_k, len(classes)))
@@ -169,6 +170,8 @@ def predict_files(
             waiting = [row for row in pending_rows if not row.error]
             for row, order, probs in zip(waiting, ranked, probabilities, strict=True):
                 row.label, row.confidence = classes[order[0]], float(probs[order[0]])
+                if row.confidence < min_confidence:
+                    row.label = UNSURE
                 row.top_k = tuple((classes[i], float(probs[i])) for i in order)
         done = list(pending_rows)
         pending_rows.clear()
@@ -190,26 +193,33 @@ def predict_files(
 
 
 class RowWriter:
-    """Writes rows as they come (.csv, .json or .jsonl by extension), each flushed at once."""
+    """Writes rows as they come (.csv, .json or .jsonl by extension), each flushed at once.
 
-    def __init__(self, path: Path, top_k: int):
+    With resume, an existing .csv or .jsonl is continued: a line cut short by a kill is dropped,
+    and `done` holds the paths already written, for the caller to skip."""
+
+    def __init__(self, path: Path, top_k: int, resume: bool = False):
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".json", ".jsonl"):
             raise CifarError(f"--output {path}: use a .csv, .json or .jsonl file name")
         if path.is_dir():
             raise CifarError(f"--output {path}: is a folder; give a file name")
+        if resume and suffix == ".json":
+            raise CifarError(f"--output {path}: --resume continues a .jsonl or .csv file; a .json array cannot grow")
+        self.kind, self.top_k, self.count = suffix, top_k, 0
+        extra = [f"top{i}_{part}" for i in range(1, top_k + 1) for part in ("label", "confidence")] if top_k > 1 else []
+        header = ["path", "label", "confidence", *extra, "error"]
+        self.done = rows_already_written(path, suffix, header) if resume else set()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "w", newline="" if suffix == ".csv" else None)
+            mode = "a" if resume and path.exists() else "w"
+            self.file = open(path, mode, newline="" if suffix == ".csv" else None)
         except OSError as error:
             raise CifarError(f"--output {path}: cannot write there ({error.strerror})") from None
-        self.kind, self.top_k, self.count = suffix, top_k, 0
         if suffix == ".csv":
             self.csv = csv.writer(self.file)
-            extra = (
-                [f"top{i}_{part}" for i in range(1, top_k + 1) for part in ("label", "confidence")] if top_k > 1 else []
-            )
-            self.csv.writerow(["path", "label", "confidence", *extra, "error"])
+            if self.file.tell() == 0:
+                self.csv.writerow(header)
         elif suffix == ".json":
             self.file.write("[")
 
@@ -235,6 +245,29 @@ class RowWriter:
         if self.kind == ".json":
             self.file.write("\n]\n" if self.count else "]\n")
         self.file.close()
+
+
+def rows_already_written(path: Path, suffix: str, header: list[str]) -> set[str]:
+    """The paths of the complete rows in an output file (cutting off a partial last line)."""
+    if not path.is_file():
+        return set()
+    try:
+        text = path.read_bytes()
+        complete = text[: text.rfind(b"\n") + 1]
+        if len(complete) < len(text):
+            os.truncate(path, len(complete))
+    except OSError as error:
+        raise CifarError(f"--output {path}: cannot read it to resume ({error.strerror})") from None
+    lines = complete.decode().splitlines()
+    if suffix == ".jsonl":
+        try:
+            return {json.loads(line)["path"] for line in lines if line.strip()}
+        except (ValueError, KeyError, TypeError):
+            raise CifarError(f"--output {path}: not rows of cifar predict; give another --output") from None
+    rows = list(csv.reader(lines))
+    if rows and rows[0] != header:
+        raise CifarError(f"--output {path}: written with other columns (--top-k); resume with the same options")
+    return {row[0] for row in rows[1:] if row}
 
 
 def row_to_dict(row: Row, top_k: int) -> dict:

@@ -8,6 +8,7 @@ import contextlib
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,7 +26,8 @@ err = Console(stderr=True)
 
 
 def error_line(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: messages hold paths and commands such as "pip install 'cifarcli[train]'", not markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
@@ -165,7 +167,10 @@ def show_evaluation(evaluation, written) -> None:
         f"({evaluation.images:,} images{tta})",
         highlight=False,
     )
-    out.print(f"accuracy [bold]{evaluation.accuracy:.2%}[/]  loss {evaluation.loss:.4f}")
+    out.print(
+        f"accuracy [bold]{evaluation.accuracy:.2%}[/]  loss {evaluation.loss:.4f}  "
+        f"calibration error (ECE) {evaluation.ece:.2%}"
+    )
     table = Table(title="Per class")
     for column, justify in (
         ("class", "left"),
@@ -183,6 +188,11 @@ def show_evaluation(evaluation, written) -> None:
     out.print(confusion_table(evaluation))
     pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in evaluation.most_confused)
     out.print(f"most confused (true -> predicted): {pairs or 'none'}")
+    mistakes = ", ".join(
+        f"#{m['index']} {m['true']} as {m['predicted']} ({m['confidence']:.0%})"
+        for m in evaluation.confident_mistakes[:5]
+    )
+    out.print(f"most confident mistakes (image index in the split): {mistakes or 'none'}")
     for path in written:
         out.print(f"wrote {path}")
 
@@ -216,7 +226,8 @@ def show_export(result) -> None:
     table.add_column("check")
     table.add_column("value", justify="right")
     table.add_row("file size", f"{result.size_bytes / 1e6:.2f} MB")
-    table.add_row("opset", str(result.opset))
+    table.add_row("opset / IR version", f"{result.opset} / {result.ir_version}")
+    table.add_row("loads on", result.loads_on)
     table.add_row(f"images compared ({result.checked_on})", f"{result.images_checked:,}")
     table.add_row("max |logit difference| vs PyTorch", f"{result.max_abs_diff:.2e}")
     table.add_row("top-1 agreement", f"{result.agreement:.2%}")
@@ -285,6 +296,7 @@ def show_predictions(summary, top_k: int, output) -> None:
         out.print(counts)
     totals = summary.totals()
     out.print(
-        f"{totals['images']:,} images, {totals['predicted']:,} predicted, {totals['failed']:,} failed, "
+        f"{totals['images']:,} images, {totals['predicted']:,} predicted ({totals['unsure']:,} unsure), "
+        f"{totals['failed']:,} failed, "
         f"{totals['seconds']:.2f} s, {totals['images_per_s']:,.0f} images/s" + (f"; rows in {output}" if output else "")
     )

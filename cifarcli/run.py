@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cifarcli.data import DEFAULT_VAL_FRACTION
 from cifarcli.distributed import Ranks, broadcast_from_main, join_process_group
 from cifarcli.errors import CifarError
 
@@ -214,8 +215,14 @@ class ResumableRun:
     checkpoint: Path  # last.pt
     model: str
     recipe: dict
-    data: "str | None"  # the resolved data source the run trained on
+    data: str  # the resolved data source the run trained on
+    val_fraction: float  # of a ROOT/<class>/* source, held out as its test split
     precision: str
+
+    def recorded(self) -> dict:
+        """The options of `cifar train` that the run folder fixes, by option name."""
+        data = {"data": self.data, "val_fraction": self.val_fraction}
+        return {"model": self.model, "precision": self.precision, **data, **self.recipe}
 
 
 def load_resumable_run(path: Path) -> ResumableRun:
@@ -229,24 +236,24 @@ def load_resumable_run(path: Path) -> ResumableRun:
     try:
         config = json.loads(config_file.read_text())
         data = config["data"]["source"]
+        val_fraction = config["data"].get("val_fraction") or DEFAULT_VAL_FRACTION
     except (OSError, ValueError, KeyError, TypeError):
         raise CifarError(
             f"--resume {path}: {config_file} is missing or unreadable; it records the data and recipe to resume with"
         ) from None
     info = load_checkpoint(checkpoint)["info"]
-    return ResumableRun(checkpoint.parent, checkpoint, info.model, info.recipe, data, info.precision)
+    return ResumableRun(checkpoint.parent, checkpoint, info.model, info.recipe, data, val_fraction, info.precision)
 
 
-def refuse_contradictions(run: ResumableRun, model, data, precision, recipe_overrides: dict) -> None:
-    """Options given with --resume must agree with the run folder; one line names the first that
-    does not."""
-    if model is not None and model != run.model:
-        raise CifarError(f"--model {model}: the run being resumed trained {run.model}; drop --model")
-    if data is not None and Path(data).expanduser().resolve() != Path(run.data).resolve():
-        raise CifarError(f"--data {data}: the run being resumed trained on {run.data}; drop --data")
-    if precision not in (None, "auto") and precision != run.precision:
-        raise CifarError(f"--precision {precision}: the run being resumed trains in {run.precision}; drop it")
-    for field, value in recipe_overrides.items():
-        if value is not None and value != run.recipe.get(field):
-            option = "--" + field.replace("_", "-")
-            raise CifarError(f"{option} {value}: the run being resumed has {run.recipe.get(field)}; drop {option}")
+def refuse_contradictions(run: ResumableRun, given: dict) -> None:
+    """Options given with --resume (by name, None when not given) must agree with the run folder;
+    one line names the first that does not."""
+    recorded = run.recorded()
+    for name, value in given.items():
+        if value is None or (name == "precision" and value == "auto"):
+            continue
+        if name == "data":
+            value = str(Path(value).expanduser().resolve())
+        if value != recorded[name]:
+            option = "--" + name.replace("_", "-")
+            raise CifarError(f"{option} {value}: the run being resumed has {recorded[name]}; drop {option}")

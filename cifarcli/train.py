@@ -30,6 +30,7 @@ from cifarcli.models import Recipe, get_model_entry
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 from cifarcli.run import RunContext, process_settings
 
+HELD_OUT_FILE = "held_out.txt"  # a class-folder source's test files, one path inside the source a line
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"]
 
 
@@ -205,7 +206,16 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
     if entry.prepare:
         entry.prepare(model, train_split.images)
     model = model.to(context.device, memory_format=torch.channels_last)
-    info = ModelInfo(model_name, dataset.classes, size, mean, std, recipe.to_dict(), precision=context.precision)
+    info = ModelInfo(
+        model_name,
+        dataset.classes,
+        size,
+        mean,
+        std,
+        recipe.to_dict(),
+        precision=context.precision,
+        val_fraction=dataset.val_fraction,
+    )
 
     # 2. Steps and schedule. A fractional epoch count trains part of the last epoch.
     batch_size = min(recipe.batch_size, len(train_split))
@@ -243,6 +253,9 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         restore(training, resume_from)
     if context.ranks.is_main:
         write_config(context.run_dir / "config.json", training)
+        if dataset.held_out:
+            held_out = "".join(f"{name}\n" for name in dataset.held_out).encode()
+            atomic_write(context.run_dir / HELD_OUT_FILE, lambda file: file.write(held_out))
     return training
 
 
@@ -351,9 +364,14 @@ def finish(training: Training) -> TrainResult:
     if t.context.ranks.is_main:
         plot_curves(t.context.run_dir / "curves.png", t.history)
     return TrainResult(
-        t.context.run_dir, t.history, last["test_acc"], round(tta_acc, 5), t.recipe.tta, t.train_seconds,
+        t.context.run_dir,
+        t.history,
+        last["test_acc"],
+        round(tta_acc, 5),
+        t.recipe.tta,
+        t.train_seconds,
         t.context.precision,
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------- checkpoints and resume

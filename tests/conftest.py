@@ -49,6 +49,23 @@ def make_image_folder(root: Path, train_per_class: int = 80, test_per_class: int
     return root
 
 
+def make_class_folders(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """ROOT/<class>/*.png, the layout with no train/ and test/ of its own."""
+    rng = np.random.default_rng(seed)
+    for kind, count in per_class.items():
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.fromarray(draw(kind, rng)).save(root / kind / f"{index:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def class_folders(tmp_path_factory) -> Path:
+    return make_class_folders(
+        tmp_path_factory.mktemp("classes") / "shapes", {"disc": 60, "horizontal": 50, "vertical": 41}
+    )
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("shapes") / "shapes")

@@ -205,9 +205,10 @@ def test_kill_9_then_resume_with_the_run_folder_alone_gives_the_uninterrupted_hi
     ("extra", "message"),
     [
         (["--epochs", "5"], "--epochs 5.0: the run being resumed has 8"),
-        (["--model", "airbench94"], "--model airbench94: the run being resumed trained tutorial"),
-        (["--data", "{tmp}"], "--data {tmp}: the run being resumed trained on"),
-        (["--precision", "{other}"], "--precision {other}: the run being resumed trains in {precision}"),
+        (["--model", "airbench94"], "--model airbench94: the run being resumed has tutorial"),
+        (["--data", "{tmp}"], "--data {tmp}: the run being resumed has"),
+        (["--precision", "{other}"], "--precision {other}: the run being resumed has {precision}"),
+        (["--val-fraction", "0.2"], "--val-fraction 0.2: the run being resumed has 0.1"),
     ],
 )
 def test_resume_refuses_an_option_that_contradicts_the_run_folder(extra, message, trained_run, tmp_path):
@@ -220,3 +221,47 @@ def test_resume_refuses_an_option_that_contradicts_the_run_folder(extra, message
 
 def load_precision(run):
     return json.loads((run.run_dir / "config.json").read_text())["precision"]
+
+
+def test_class_folders_train_record_their_hold_out_and_evaluate_on_it(class_folders, cache_dir, tmp_path):
+    arguments = ["train", "-m", "tutorial", "--data", str(class_folders), "--epochs", "3", "--batch-size", "16"]
+    trained = runner.invoke(app, [*arguments, "--out", str(tmp_path), "--name", "run", "--json"])
+    assert trained.exit_code == 0, trained.output
+    run = tmp_path / "run"
+    held_out = (run / "held_out.txt").read_text().splitlines()
+    assert len(held_out) == 15 and all((class_folders / name).is_file() for name in held_out)
+    assert json.loads((run / "config.json").read_text())["data"]["val_fraction"] == 0.1
+    exported = runner.invoke(app, ["export", str(run / "last.pt"), "-o", str(tmp_path / "m.onnx")])
+    assert exported.exit_code == 0, exported.output
+    for model in (run / "last.pt", tmp_path / "m.onnx"):  # no --val-fraction: the model's own split
+        evaluated = runner.invoke(app, ["evaluate", str(model), "--data", str(class_folders), "--json"])
+        assert evaluated.exit_code == 0, evaluated.output
+        metrics = json.loads(evaluated.stdout)
+        assert metrics["images"] == 15 and metrics["accuracy"] == json.loads(trained.stdout)["test_acc"]
+
+
+def test_shell_completion_offers_model_names_without_importing_torch():
+    import os
+
+    env = {**os.environ, "_CIFAR_COMPLETE": "complete_bash", "COMP_WORDS": "cifar train --model air", "COMP_CWORD": "3"}
+    script = "import sys\nfrom cifarcli.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+    script += "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["airbench94", "airbench-cpu", "airbench-narrow"]
+
+
+@pytest.mark.parametrize("command", [["train", "-m", "tutorial", "--data", "{folder}"], ["models"]])
+def test_a_command_that_needs_torch_says_what_to_install_when_it_is_missing(command, image_folder, cache_dir):
+    arguments = [argument.format(folder=image_folder) for argument in command]
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # an inference-only install: importing torch fails\n"
+        f"sys.argv = ['cifar', *{arguments!r}]\n"
+        "from cifarcli.cli import main\n"
+        "main()\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert completed.returncode == 2, completed.stderr
+    assert "pip install 'cifarcli[train]'" in completed.stderr and "Traceback" not in completed.stderr
+    assert len([line for line in completed.stderr.splitlines() if line.strip()]) == 1

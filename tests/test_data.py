@@ -138,7 +138,7 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path):
     [
         (lambda p: p / "missing", "no such file or folder"),
         (lambda p: (p / "x.txt").write_text("hi") and p / "x.txt", "not a data source"),
-        (lambda p: (p / "empty").mkdir() or p / "empty", "expected images under train/<class>/"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "expected class folders"),
         (lambda p: (p / "bad.tar.gz").write_bytes(b"junk") and p / "bad.tar.gz", "cannot read the archive"),
     ],
 )
@@ -163,3 +163,48 @@ def test_restricted_unpickler_still_reads_numpy_arrays():
     batch = fake_batch(2, 0)
     loaded = unpickle_batch(pickle.dumps(batch, protocol=2))
     np.testing.assert_array_equal(loaded[b"data"], batch[b"data"])
+
+
+def test_a_folder_of_class_folders_holds_out_a_stratified_deterministic_test_split(class_folders, tmp_path):
+    from tests.conftest import make_class_folders
+
+    first = load_dataset(class_folders, cache_dir=tmp_path / "one")
+    again = load_dataset(class_folders, cache_dir=tmp_path / "two")  # decoded afresh
+    assert first.held_out == again.held_out and first.val_fraction == 0.1
+    np.testing.assert_array_equal(first.test.images, again.test.images)
+    assert first.classes == ["disc", "horizontal", "vertical"]
+    held = {cls: [name for name in first.held_out if name.startswith(cls + "/")] for cls in first.classes}
+    assert {cls: len(names) for cls, names in held.items()} == {"disc": 6, "horizontal": 5, "vertical": 4}
+    assert len(first.train) == 151 - 15 and len(first.test) == 15
+    assert np.bincount(first.test.labels).tolist() == [6, 5, 4]
+    # Each held-out file's pixels are in the test split and not in the training split.
+    test_rows = {image.tobytes() for image in first.test.images}
+    train_rows = {image.tobytes() for image in first.train.images}
+    from cifarcli.images import decode_image
+
+    for name in first.held_out:
+        pixels = decode_image(class_folders / name, 32).tobytes()
+        assert pixels in test_rows and pixels not in train_rows, name
+
+    # A class added later moves no other class's held-out files.
+    grown = make_class_folders(tmp_path / "grown", {"disc": 60, "horizontal": 50, "vertical": 41, "zigzag": 10})
+    more = load_dataset(grown, cache_dir=tmp_path / "three")
+    assert set(first.held_out) <= set(more.held_out)
+    assert load_dataset(class_folders, cache_dir=tmp_path / "one", val_fraction=0.2).held_out != first.held_out
+
+
+@pytest.mark.parametrize(
+    ("per_class", "fraction", "message"),
+    [
+        ({"disc": 5, "horizontal": 1}, 0.1, "class 'horizontal' has 1 image(s), too few to hold out 0.1"),
+        ({"disc": 5}, 0.1, "expected class folders"),
+        ({"disc": 5, "horizontal": 5}, 1.5, "--val-fraction 1.5: choose a fraction between 0 and 1"),
+    ],
+)
+def test_class_folders_too_small_to_split_are_refused_in_one_line(per_class, fraction, message, tmp_path):
+    from tests.conftest import make_class_folders
+
+    root = make_class_folders(tmp_path / "data", per_class)
+    with pytest.raises(CifarError) as raised:
+        load_dataset(root, cache_dir=tmp_path / "cache", val_fraction=fraction)
+    assert message in str(raised.value)

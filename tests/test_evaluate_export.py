@@ -41,9 +41,54 @@ def test_metrics_agree_with_the_predictions(trained_run, dataset, tmp_path):
     for index, row in enumerate(result.per_class):
         assert row["support"] == int(expected[index].sum())
         assert row["recall"] == pytest.approx(expected[index, index] / expected[index].sum(), abs=1e-4)
-    written = write_outputs(result, tmp_path / "eval")
+    written = write_outputs(result, tmp_path / "eval", dataset.train.images)
     assert json.loads(written[0].read_text())["confusion"] == result.confusion
-    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = ["metrics.json", "confusion.png", "per_class_accuracy.png", "reliability.png", "mistakes.png"]
+    assert [path.name for path in written] == names
+    for picture in written[1:]:
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_most_confident_mistakes_are_the_models_own_and_ranked(trained_run, dataset, tmp_path):
+    from PIL import Image
+
+    from cifarcli.classifier import softmax
+    from cifarcli.data import Dataset, Split
+
+    # Labels moved by one class: most predictions of a good model become mistakes.
+    moved = Split(dataset.test.images, (dataset.test.labels + 1) % 3)
+    wrong_labels = Dataset(dataset.train, moved, dataset.classes, "moved labels")
+    classifier = load_classifier(trained_run.run_dir / "last.pt")
+    result = evaluate(classifier, wrong_labels)
+    probabilities = softmax(classifier.predict_logits(moved.images).astype(np.float64))
+    predicted, confidence = probabilities.argmax(1), probabilities.max(1)
+    mistakes = result.confident_mistakes
+    assert len(mistakes) == 25 and [m["confidence"] for m in mistakes] == sorted(
+        (m["confidence"] for m in mistakes), reverse=True
+    )
+    for mistake in mistakes:
+        i = mistake["index"]
+        assert mistake["true"] == dataset.classes[moved.labels[i]] != mistake["predicted"]
+        assert mistake["predicted"] == dataset.classes[predicted[i]]
+        assert mistake["confidence"] == pytest.approx(confidence[i], abs=1e-5)
+    unlisted = set(np.flatnonzero(predicted != moved.labels)) - {m["index"] for m in mistakes}
+    assert max(confidence[list(unlisted)]) <= mistakes[-1]["confidence"] + 1e-5
+    written = write_outputs(result, tmp_path / "eval", moved.images)
+    with Image.open(written[4]) as gallery:
+        assert gallery.size[0] > 500 and gallery.size[1] > 5 * 200  # a 5 x 5 grid of images
+    assert json.loads(written[0].read_text())["confident_mistakes"] == mistakes
+
+
+@pytest.mark.parametrize(
+    ("correct", "ece"),
+    [(9, 0.0), (5, 0.4), (10, 0.1)],
+)
+def test_calibration_error_is_the_gap_between_confidence_and_accuracy(correct, ece):
+    from cifarcli.evaluate import calibration
+
+    error, bins = calibration(np.full(10, 0.9), np.arange(10) < correct)
+    assert error == pytest.approx(ece) and len(bins) == 1 and bins[0]["images"] == 10
+    assert bins[0]["accuracy"] == correct / 10 and bins[0]["lower"] < 0.9 <= bins[0]["upper"]
 
 
 def test_class_count_mismatch_is_refused(trained_run, tmp_path):
@@ -117,15 +162,29 @@ def test_failed_parity_check_keeps_what_the_user_had(trained_run, tmp_path):
         export_checkpoint(trained_run.run_dir / "last.pt", target, opset=99)
 
 
-def test_int8_export_is_written_described_and_accurate(trained_run, dataset, tmp_path):
+def test_int8_export_is_written_described_and_accurate(trained_run, dataset, tmp_path, capfd):
     report = export_checkpoint(trained_run.run_dir / "last.pt", tmp_path / "m.onnx", dataset=dataset, int8=True)
     quantized = tmp_path / "m.int8.onnx"
     assert report.int8["path"] == str(quantized) and quantized.exists()
     model = onnx.load(str(quantized))
     assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
-    assert OnnxClassifier(quantized).info.classes == dataset.classes
-    assert report.int8["int8_test_acc"] >= report.int8["fp32_test_acc"] - 0.05
+    described = OnnxClassifier(quantized).info
+    assert described.classes == dataset.classes
+    assert report.int8["int8_test_acc"] >= report.int8["fp32_test_acc"] - 0.01  # the default refusal limit
     assert report.int8["calibration_images"] == 240
+    # Its metadata carries its own accuracy, which evaluating it reproduces.
+    assert described.metrics["test_acc"] == round(report.int8["int8_test_acc"], 5)
+    assert evaluate(OnnxClassifier(quantized), dataset).accuracy == described.metrics["test_acc"]
+    assert "WARNING" not in capfd.readouterr().err
+
+
+def test_int8_export_that_loses_too_much_is_refused_and_not_written(trained_run, dataset, tmp_path):
+    with pytest.raises(CifarError, match=r"not written, INT8 scores .* --int8-max-loss"):
+        # A limit of -0.5 demands INT8 beat fp32 (90% or more here) by 50 points: impossible.
+        export_checkpoint(
+            trained_run.run_dir / "last.pt", tmp_path / "m.onnx", dataset=dataset, int8=True, int8_max_loss=-0.5
+        )
+    assert not (tmp_path / "m.int8.onnx").exists() and not (tmp_path / "m.onnx").exists()
 
 
 def test_onnx_files_that_are_not_ours_are_refused(tmp_path, exported):
@@ -175,3 +234,61 @@ main()
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["images"] == 90
+
+
+# The version matrix of ONNX Runtime: (newest ai.onnx opset, newest IR version) each release loads.
+ONNXRUNTIME_LIMITS = {"1.17": (20, 9)}
+
+
+def declared_onnxruntime_floor() -> str:
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    return re.search(r'"onnxruntime>=([\d.]+)"', pyproject)[1]
+
+
+def opset_of(model) -> int:
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def test_bundled_models_load_on_the_declared_onnxruntime_floor():
+    from cifarcli.predict import DEFAULT_MODEL
+
+    newest_opset, newest_ir = ONNXRUNTIME_LIMITS[declared_onnxruntime_floor()]
+    bundled = sorted(DEFAULT_MODEL.parent.glob("*.onnx"))
+    assert DEFAULT_MODEL in bundled
+    for path in bundled:
+        model = onnx.load(str(path))
+        assert opset_of(model) <= newest_opset and model.ir_version <= newest_ir, path
+
+
+def test_default_export_is_the_portable_opset_and_exact_for_gelu_networks(tmp_path):
+    # export_checkpoint refuses any parity miss against PyTorch.
+    from cifarcli.checkpoint import ModelInfo, materialize, save_checkpoint
+    from cifarcli.models import create_model
+
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    model = create_model("airbench-cpu", 3, mean, std)
+    materialize(model, 32)
+    save_checkpoint(tmp_path / "net.pt", model.eval(), ModelInfo("airbench-cpu", ["a", "b", "c"], 32, mean, std))
+    report = export_checkpoint(tmp_path / "net.pt", tmp_path / "net.onnx")
+    exported_model = onnx.load(str(tmp_path / "net.onnx"))
+    assert (report.opset, report.ir_version) == (20, 9) == (opset_of(exported_model), exported_model.ir_version)
+    assert "Gelu" in {node.op_type for node in exported_model.graph.node}
+    assert report.agreement == 1.0 and report.max_abs_diff <= 1e-4 and "OpenCV" in report.loads_on
+
+
+def test_a_model_too_new_for_the_installed_onnxruntime_names_its_opset_and_the_fixes(exported, tmp_path):
+    import onnxruntime
+
+    model = onnx.load(str(exported))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 99
+    onnx.save(model, str(tmp_path / "future.onnx"))
+    with pytest.raises(CifarError) as raised:
+        OnnxClassifier(tmp_path / "future.onnx")
+    message = str(raised.value)
+    assert "needs opset 99 of ai.onnx" in message and f"onnxruntime {onnxruntime.__version__}" in message
+    assert "pip install -U onnxruntime" in message and "--opset 20" in message and "\n" not in message

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from cifarcli.classifier import OnnxClassifier
@@ -165,3 +166,67 @@ def test_output_folder_that_cannot_be_created_is_one_line(image_folder, exported
         app, ["predict", str(image_folder / "test"), "-m", str(exported), "-o", str(blocker / "sub" / "rows.csv")]
     )
     assert result.exit_code == 2 and "cannot write there" in result.output
+
+
+def test_min_confidence_labels_low_confidence_images_unsure_and_counts_them(image_folder, exported, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    plain = runner.invoke(app, ["predict", str(image_folder), "--model", str(exported), "--json"])
+    rows = json.loads(plain.stdout)["rows"]
+    threshold = float(np.median([row["confidence"] for row in rows]))  # about half fall below
+    arguments = ["predict", str(image_folder), "--model", str(exported), "--min-confidence", str(threshold)]
+    result = runner.invoke(app, [*arguments, "--output", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    gated = [json.loads(line) for line in out.read_text().splitlines()]
+    below = [row for row in rows if row["confidence"] < threshold]
+    assert 0 < len(below) < len(rows) and summary["unsure"] == len(below)
+    for row, same in zip(rows, gated, strict=True):
+        assert same["path"] == row["path"] and same["confidence"] == row["confidence"]
+        assert same["label"] == ("unsure" if row["confidence"] < threshold else row["label"])
+    shown = runner.invoke(app, arguments)
+    assert f"({len(below):,} unsure)" in shown.stdout
+
+
+def many_images(root: Path, count: int) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{index:05d}.png")
+    return root
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_after_kill_9_ends_with_the_uninterrupted_file(suffix, exported, tmp_path):
+    import signal
+    import time
+
+    images = many_images(tmp_path / "images", 3000)
+    command = ["predict", str(images), "--model", str(exported), "--batch-size", "1", "--threads", "1", "--top-k", "2"]
+    whole = tmp_path / f"whole{suffix}"
+    assert runner.invoke(app, [*command, "--output", str(whole)]).exit_code == 0
+    cut = tmp_path / f"cut{suffix}"
+    process = subprocess.Popen([sys.executable, "-m", "cifarcli", *command, "--output", str(cut)])
+    deadline = time.time() + 120
+    while time.time() < deadline and (not cut.exists() or cut.stat().st_size < 20_000):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert 0 < len(cut.read_text().splitlines()) < 3000  # stopped part way
+    resumed = runner.invoke(app, [*command, "--output", str(cut), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert cut.read_text() == whole.read_text()
+
+
+def test_resume_drops_a_row_cut_short_and_writes_nothing_twice(image_folder, exported, tmp_path):
+    command = ["predict", str(image_folder), "--model", str(exported), "--output"]
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    assert runner.invoke(app, [*command, str(whole)]).exit_code == 0
+    text = whole.read_text()
+    cut.write_text(text[: text.index("\n", len(text) // 2) + 20])  # half the rows and part of one more
+    assert runner.invoke(app, [*command, str(cut), "--resume"]).exit_code == 0
+    assert cut.read_text() == text
+    again = runner.invoke(app, [*command, str(cut), "--resume", "--json"])  # nothing left to do
+    assert json.loads(again.stdout)["summary"]["images"] == 0 and cut.read_text() == text
+    refused = runner.invoke(app, [*command, str(tmp_path / "rows.json"), "--resume"])
+    assert refused.exit_code == 2 and "a .json array cannot grow" in refused.output
