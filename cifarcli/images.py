@@ -54,6 +54,15 @@ def fit_to_square(image: Image.Image, size: int) -> Image.Image:
     return square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
+def decode_upright(image: Image.Image, size: int) -> Image.Image:
+    """The first frame, decoded as small as still covers size x size, turned by its EXIF
+    orientation. JPEGs are scaled by libjpeg while decoding (by 1/2, 1/4 or 1/8, in the DCT
+    domain), so a 2400x1600 photo decodes as 300x200: a fraction of the pixels and the time."""
+    image.seek(0)
+    image.draft("RGB", (size, size))
+    return ImageOps.exif_transpose(image)
+
+
 def decode_image(source: "str | Path | bytes", size: int) -> np.ndarray:
     """Decode one image (a path or its bytes) to a (size, size, 3) uint8 RGB array.
 
@@ -63,11 +72,7 @@ def decode_image(source: "str | Path | bytes", size: int) -> np.ndarray:
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
         with stream, Image.open(stream) as image:
-            image.seek(0)  # animated images: the first frame
-            # JPEG only: let libjpeg scale down by 1/2..1/8 while decoding, far fewer pixels.
-            image.draft("RGB", (size, size))
-            image = ImageOps.exif_transpose(image)
-            pixels = np.asarray(fit_to_square(to_rgb(image), size), dtype=np.uint8)
+            pixels = np.asarray(fit_to_square(to_rgb(decode_upright(image, size)), size), dtype=np.uint8)
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb ({first_line(error)})") from None
     except Exception as error:  # Pillow's plugins raise a zoo of types on hostile input

@@ -20,11 +20,31 @@ import numpy as np
 
 from cifarcli.classifier import softmax
 from cifarcli.errors import CifarError, ImageDecodeError
+from cifarcli.hardware import cpu_has_int8_dot_product
 from cifarcli.images import decode_image, is_image_name
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.onnx"
+# The bundled CIFAR-10 model, in fp32 and static INT8 (within 0.3 points of it; BENCHMARKS.md).
+BUNDLED_MODELS = {
+    "fp32": Path(__file__).parent / "assets" / "default.onnx",
+    "int8": Path(__file__).parent / "assets" / "default.int8.onnx",
+}
+DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
 UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
 GLOB_CHARACTERS = set("*?[")
+
+
+def choose_bundled_model(precision: "str | None") -> tuple[Path, str]:
+    """(bundled model, why) for --precision fp32, int8 or None (this CPU's choice). Measured
+    (BENCHMARKS.md): INT8 ran at 2.8x the fp32 rate in ONNX Runtime on a CPU with VNNI and AMX;
+    on AVX2-only CPUs only an older model was measured (1.5x), and ONNX Runtime documents int8
+    saturation there, so they keep fp32, the model whose accuracy training printed."""
+    if precision is not None:
+        if precision not in BUNDLED_MODELS:
+            raise CifarError(f"--precision {precision}: choose {' or '.join(BUNDLED_MODELS)}")
+        return BUNDLED_MODELS[precision], f"--precision {precision}"
+    if cpu_has_int8_dot_product():
+        return BUNDLED_MODELS["int8"], "INT8: this CPU has VNNI/AMX int8 instructions; --precision fp32 for fp32"
+    return BUNDLED_MODELS["fp32"], "fp32: this CPU lacks VNNI/AMX int8 instructions; --precision int8 for INT8"
 
 
 @dataclass

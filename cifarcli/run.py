@@ -21,6 +21,7 @@ from pathlib import Path
 from cifarcli.data import DEFAULT_VAL_FRACTION
 from cifarcli.distributed import Ranks, broadcast_from_main, join_process_group
 from cifarcli.errors import CifarError
+from cifarcli.hardware import cpu_has_native_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -65,15 +66,6 @@ def autocast_dtype_of(precision: str):
     import torch
 
     return getattr(torch, TORCH_DTYPE_NAMES[precision]) if precision in TORCH_DTYPE_NAMES else None
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
 def resolve_device(requested: str, local_rank: int) -> str:

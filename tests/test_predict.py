@@ -145,11 +145,12 @@ def test_predict_runs_without_torch_installed(image_folder, exported, tmp_path):
 
 
 def test_bundled_default_model_is_used_when_no_model_is_given(tmp_path):
-    from cifarcli.predict import DEFAULT_MODEL
+    from cifarcli.predict import BUNDLED_MODELS, DEFAULT_MODEL
 
-    if not DEFAULT_MODEL.exists():
-        pytest.fail(f"{DEFAULT_MODEL} is missing: run benchmarks/build_default_model.py")
-    assert DEFAULT_MODEL.stat().st_size <= 10_000_000
+    for bundled in BUNDLED_MODELS.values():
+        if not bundled.exists():
+            pytest.fail(f"{bundled} is missing: run benchmarks/build_default_model.py")
+        assert bundled.stat().st_size <= 10_000_000
     image = tmp_path / "red.png"
     from PIL import Image
 
@@ -230,3 +231,25 @@ def test_resume_drops_a_row_cut_short_and_writes_nothing_twice(image_folder, exp
     assert json.loads(again.stdout)["summary"]["images"] == 0 and cut.read_text() == text
     refused = runner.invoke(app, [*command, str(tmp_path / "rows.json"), "--resume"])
     assert refused.exit_code == 2 and "a .json array cannot grow" in refused.output
+
+
+@pytest.mark.parametrize("precision", [None, "fp32", "int8"])
+def test_predict_says_which_bundled_model_it_uses_and_precision_overrides(precision, image_folder, tmp_path):
+    from cifarcli.hardware import cpu_has_int8_dot_product
+    from cifarcli.predict import BUNDLED_MODELS
+
+    chosen = precision or ("int8" if cpu_has_int8_dot_product() else "fp32")
+    arguments = ["predict", str(image_folder / "test" / "disc"), "--json"]
+    result = runner.invoke(app, arguments + (["--precision", precision] if precision else []))
+    assert result.exit_code == 0, result.output
+    first_line = result.stderr.splitlines()[0]
+    assert first_line.startswith(f"using the bundled CIFAR-10 model {BUNDLED_MODELS[chosen].name} (")
+    assert json.loads(result.stdout)["model"] == str(BUNDLED_MODELS[chosen])
+
+
+def test_bundled_int8_model_stays_within_its_accuracy_budget_of_fp32():
+    from cifarcli.predict import BUNDLED_MODELS
+
+    fp32, int8 = (OnnxClassifier(BUNDLED_MODELS[name]).info.metrics for name in ("fp32", "int8"))
+    assert int8["fp32_test_acc"] == fp32["test_acc"]  # the same weights, quantized
+    assert fp32["test_acc"] - int8["test_acc"] <= 0.003

@@ -168,7 +168,8 @@ def test_bf16_training_steps_differ_from_fp32(dataset, tmp_path):
 
 
 def test_precision_is_decided_by_the_hardware_or_refused_in_one_line():
-    from cifarcli.run import cpu_has_native_bf16, resolve_precision
+    from cifarcli.hardware import cpu_has_native_bf16
+    from cifarcli.run import resolve_precision
 
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert resolve_precision("bf16", "cpu") == "bf16"
