@@ -22,12 +22,10 @@ from cifarcli.classifier import softmax
 from cifarcli.errors import CifarError, ImageDecodeError
 from cifarcli.hardware import cpu_has_int8_dot_product
 from cifarcli.images import decode_image, is_image_name
+from cifarcli.onnx_model import BUNDLED_FOLDER
 
 # The bundled CIFAR-10 model, in fp32 and static INT8 (within 0.3 points of it; BENCHMARKS.md).
-BUNDLED_MODELS = {
-    "fp32": Path(__file__).parent / "assets" / "default.onnx",
-    "int8": Path(__file__).parent / "assets" / "default.int8.onnx",
-}
+BUNDLED_MODELS = {"fp32": BUNDLED_FOLDER / "default.onnx", "int8": BUNDLED_FOLDER / "default.int8.onnx"}
 DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
 UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
 GLOB_CHARACTERS = set("*?[")
@@ -172,8 +170,9 @@ def decoded_in_order(files: list[Path], size: int, threads: int, window: int) ->
 def predict_files(
     classifier, files: list[Path], batch_size: int = 256, top_k: int = 1, threads: int = 0, min_confidence: float = 0
 ) -> Iterator[Row]:
-    """Rows in the order of `files`, batch by batch. The last batch is padded to the batch size:
-    ONNX Runtime keeps memory for every new input shape it sees. A top confidence below
+    """Rows in the order of `files`, batch by batch. A short last batch is padded to the next
+    power of two (at most the batch size): ONNX Runtime keeps memory for every new input shape it
+    sees, so the shapes stay few, and one image costs one image's work. A top confidence below
     min_confidence is labelled UNSURE; the row keeps that confidence and the top-k candidates."""
     threads = threads or os.cpu_count() or 1
     classes = classifier.info.classes
@@ -184,7 +183,8 @@ def predict_files(
     def flush() -> list[Row]:
         if pixels:
             batch = np.stack(pixels)
-            padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), np.uint8)])
+            shape = min(batch_size, 1 << (len(batch) - 1).bit_length())
+            padded = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), np.uint8)])
             probabilities = softmax(classifier.predict_logits(padded)[: len(batch)])
             ranked = np.argsort(-probabilities, axis=1)[:, :top_k]
             waiting = [row for row in pending_rows if not row.error]

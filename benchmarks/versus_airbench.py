@@ -1,0 +1,61 @@
+"""airbench94 and `cifar train` back to back on this machine; appends both and their ratio.
+
+    python benchmarks/versus_airbench.py [--reference-epochs 9.9] [--seed 0] [--precision auto]
+
+Time goals are ratios to Keller Jordan's airbench94 run on the same machine in the same sitting
+(../shared/tools/airbench_reference.py; its timer counts training only), because machines here
+differ by up to 3x and micro-benchmark factors drift. `--reference-epochs 3` runs a short
+reference and uses its estimate for 9.9 epochs (the mean of its epochs after the first).
+The machine must be otherwise idle: with 2 cores, anything beside it halves it.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
+
+REFERENCE = ROOT.parent / "shared" / "tools" / "airbench_reference.py"
+COLUMNS = [
+    "date", "machine", "airbench94 train s (TTA acc)", "cifar train command", "train s", "wall s",
+    "test acc with TTA", "ratio train s / airbench94",
+]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reference-epochs", type=float, default=9.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--data", default=str(SHARED_DATA))
+    args = parser.parse_args()
+
+    reference_command = [sys.executable, str(REFERENCE), "--epochs", str(args.reference_epochs)]
+    reference_command += ["--seed", str(args.seed)]
+    output = subprocess.run(reference_command, stdout=subprocess.PIPE, text=True, check=True).stdout
+    reference = json.loads(output.strip().splitlines()[-1])
+    reference_s = reference["full_run_s_estimate"]  # its own timer for 9.9 epochs, or the estimate
+    reference_acc = f"{reference['tta_acc']:.2%}" if args.reference_epochs == 9.9 else "estimated from a short run"
+
+    command = ["cifar", "train", "--data", args.data, "--seed", str(args.seed), "--precision", args.precision]
+    command += ["--name", "versus", "--out", str(ROOT / "runs" / "bench"), "--json"]
+    started = time.perf_counter()
+    result = json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout)
+    wall_s = time.perf_counter() - started
+    shown = " ".join(command[: command.index("--name")]).replace(args.data, Path(args.data).name)
+    row = (
+        f"| {today()} | {machine()} | {reference_s:.0f} ({reference_acc}; {args.reference_epochs:g} epochs run) | "
+        f"`{shown}` ({result['precision']}) | {result['train_seconds']:.0f} | {wall_s:.0f} | "
+        f"{result['test_acc_tta']:.2%} | {result['train_seconds'] / reference_s:.2f} |"
+    )
+    print(row)
+    append_to_benchmarks(
+        "Training against airbench94 on the same machine (`benchmarks/versus_airbench.py`)", [row], COLUMNS
+    )
+
+
+if __name__ == "__main__":
+    main()
