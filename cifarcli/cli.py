@@ -52,8 +52,10 @@ ValFractionOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")]
 
 
-# What `pip install cifarcli[train]` adds to the inference-only install (predict, evaluate .onnx).
-TRAINING_PACKAGES = {"torch", "torchvision", "onnx", "onnxscript"}
+# What the extras add to the inference-only install (predict, evaluate .onnx): package -> extra.
+OPTIONAL_PACKAGES = {
+    "torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "plots",
+}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -399,10 +401,10 @@ def main():
         from cifarcli import report
 
         package = (getattr(error, "name", None) or "").split(".")[0]
-        if isinstance(error, ModuleNotFoundError) and package in TRAINING_PACKAGES:
+        if isinstance(error, ModuleNotFoundError) and package in OPTIONAL_PACKAGES:
             report.error_line(
-                f"this command needs {package}, which this inference-only install lacks; "
-                "install it with: pip install 'cifarcli[train]'"
+                f"this command needs {package}, which this install lacks; "
+                f"install it with: pip install 'cifarcli[{OPTIONAL_PACKAGES[package]}]'"
             )
             raise SystemExit(2) from None
         report.error_line(

@@ -10,15 +10,16 @@ import datetime
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from cifarcli.checkpoint import ModelInfo
-from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, to_model_input
+from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, softmax, to_model_input
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
+from cifarcli.evaluate import calibration, fit_temperature
 from cifarcli.onnx_model import metadata_for
 
 MAX_ABS_DIFF = 1e-4  # fp32 logits, ONNX Runtime against PyTorch
@@ -33,6 +34,7 @@ OLDEST_OPSET = 18  # the oldest torch's exporter writes
 VERIFIED_RUNTIMES = {20: "ONNX Runtime 1.17.3 and newer, OpenCV DNN 4.14"}
 PARITY_IMAGES = 1000
 SPEED_BATCH = 256
+TEMPERATURE_IMAGES = 5000
 INT8_DESCRIPTION = "int8 static QDQ, per-channel weights, first convolution in float"
 
 
@@ -48,6 +50,8 @@ class ExportReport:
     max_abs_diff: float
     agreement: float
     ort_images_per_s: float
+    temperature: float = 1.0  # fitted on training images with --data; 1: not fitted
+    calibration: dict = field(default_factory=dict)  # fitted_on, test ECE before and after, with --data
     int8: dict = field(default_factory=dict)  # path, size, accuracies and speeds when --int8
 
 
@@ -188,6 +192,9 @@ def export_checkpoint(
             agreement,
             ort_speed(onnx_model, images),
         )
+        if dataset is not None:
+            info = replace(info, temperature=calibrate(onnx_model, dataset, report))
+            write_metadata(temp, metadata_for(info, export_date))
         if int8:
             report.int8 = quantize_int8(
                 temp, output, dataset, calibration_images, onnx_model, threads, info, export_date, int8_max_loss
@@ -196,6 +203,22 @@ def export_checkpoint(
         return report
     finally:
         temp.unlink(missing_ok=True)
+
+
+def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
+    """Fit the temperature on up to TEMPERATURE_IMAGES training images (the test split is for
+    measuring, never for fitting) and record the test split's calibration error before and after."""
+    rng = np.random.default_rng(0)
+    picks = np.sort(rng.choice(len(dataset.train), min(TEMPERATURE_IMAGES, len(dataset.train)), replace=False))
+    logits = predict_in_batches(classifier, dataset.train.images[picks], SPEED_BATCH)
+    temperature = fit_temperature(logits, dataset.train.labels[picks])
+    test_logits = predict_in_batches(classifier, dataset.test.images, SPEED_BATCH).astype(np.float64)
+    correct = test_logits.argmax(1) == dataset.test.labels
+    before, _ = calibration(softmax(test_logits).max(1), correct)
+    after, _ = calibration(softmax(test_logits / temperature).max(1), correct)
+    report.temperature = temperature
+    report.calibration = {"fitted_on": f"{len(picks)} training images", "test_ece": before, "test_ece_scaled": after}
+    return temperature
 
 
 def write_metadata(path: Path, metadata: dict[str, str]) -> None:

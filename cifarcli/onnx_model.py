@@ -34,6 +34,7 @@ def metadata_for(info: ModelInfo, export_date: str) -> dict[str, str]:
         "epoch": str(info.epoch),
         "training_precision": info.precision,
         "val_fraction": str(info.val_fraction),
+        "temperature": str(info.temperature),
         "cifarcli_version": info.version,
         "export_date": export_date,
     }
@@ -57,6 +58,7 @@ def info_from_metadata(metadata: dict[str, str], source: str) -> ModelInfo:
             "epoch": int(metadata.get("epoch", 0)),
             "precision": metadata.get("training_precision", "fp32"),
             "val_fraction": float(metadata.get("val_fraction", 0)),
+            "temperature": float(metadata.get("temperature", 1)),
             "version": metadata.get("cifarcli_version", "unknown"),
         }
     except (KeyError, ValueError, TypeError) as error:

@@ -185,7 +185,7 @@ def predict_files(
             batch = np.stack(pixels)
             shape = min(batch_size, 1 << (len(batch) - 1).bit_length())
             padded = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), np.uint8)])
-            probabilities = softmax(classifier.predict_logits(padded)[: len(batch)])
+            probabilities = softmax(classifier.predict_logits(padded)[: len(batch)] / classifier.info.temperature)
             ranked = np.argsort(-probabilities, axis=1)[:, :top_k]
             waiting = [row for row in pending_rows if not row.error]
             for row, order, probs in zip(waiting, ranked, probabilities, strict=True):

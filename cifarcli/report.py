@@ -232,6 +232,12 @@ def show_export(result) -> None:
     table.add_row("max |logit difference| vs PyTorch", f"{result.max_abs_diff:.2e}")
     table.add_row("top-1 agreement", f"{result.agreement:.2%}")
     table.add_row("ONNX Runtime images/s (batch 256)", f"{result.ort_images_per_s:,.0f}")
+    if result.calibration:
+        c = result.calibration
+        table.add_row(f"temperature (fitted on {c['fitted_on']})", f"{result.temperature:.3f}")
+        table.add_row(
+            "test calibration error (ECE), raw -> scaled", f"{c['test_ece']:.2%} -> {c['test_ece_scaled']:.2%}"
+        )
     out.print(table)
     if result.int8:
         q = result.int8

@@ -25,7 +25,7 @@ from cifarcli.classifier import EVAL_BATCH, TorchClassifier, predict_in_batches
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import cross_entropy
+from cifarcli.evaluate import cross_entropy, pyplot, save_figure
 from cifarcli.models import Recipe, get_model_entry
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 from cifarcli.run import RunContext, process_settings
@@ -92,13 +92,8 @@ def read_history(path: Path) -> list[dict]:
 
 def plot_curves(path: Path, rows: list[dict]) -> None:
     """Accuracy and test accuracy against epoch (as the Keras tutorial plots them), and loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = pyplot().subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [row["train_acc"] for row in rows], marker="o", label="accuracy")
     left.plot(epochs, [row["test_acc"] for row in rows], marker="o", label="test accuracy")
     left.set(xlabel="Epoch", ylabel="Accuracy", title="Accuracy")
@@ -108,9 +103,7 @@ def plot_curves(path: Path, rows: list[dict]) -> None:
     for axes in (left, right):
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.tight_layout()
-    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100))
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 # ---------------------------------------------------------------- evaluation

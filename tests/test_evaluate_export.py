@@ -292,3 +292,34 @@ def test_a_model_too_new_for_the_installed_onnxruntime_names_its_opset_and_the_f
     message = str(raised.value)
     assert "needs opset 99 of ai.onnx" in message and f"onnxruntime {onnxruntime.__version__}" in message
     assert "pip install -U onnxruntime" in message and "--opset 20" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 4.0])
+def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_with(temperature):
+    from cifarcli.classifier import softmax
+    from cifarcli.evaluate import fit_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (20_000, 10))
+    probabilities = softmax(logits / temperature)
+    labels = np.array([rng.choice(10, p=p) for p in probabilities])
+    assert fit_temperature(logits, labels) == pytest.approx(temperature, rel=0.1)
+
+
+def test_export_with_data_fits_a_temperature_that_predict_and_evaluate_use(trained_run, dataset, tmp_path):
+    from cifarcli.classifier import softmax
+    from cifarcli.predict import predict_files
+
+    report = export_checkpoint(trained_run.run_dir / "last.pt", tmp_path / "m.onnx", dataset=dataset)
+    model = OnnxClassifier(tmp_path / "m.onnx")
+    assert model.info.temperature == report.temperature and report.temperature != 1.0
+    assert report.calibration["fitted_on"] == "240 training images"
+    assert report.calibration["test_ece_scaled"] <= report.calibration["test_ece"] + 0.02
+    from cifarcli.images import decode_image
+    from tests.conftest import make_image_folder
+
+    files = sorted(make_image_folder(tmp_path / "shapes", 1, 5).joinpath("test", "disc").glob("*.png"))
+    rows = list(predict_files(model, files))
+    logits = model.predict_logits(np.stack([decode_image(path, 32) for path in files]))
+    expected = softmax(logits / report.temperature).max(1)
+    assert [row.confidence for row in rows] == pytest.approx(expected.tolist(), abs=1e-6)
