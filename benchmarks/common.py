@@ -1,8 +1,11 @@
 """What every benchmark script shares: the data's location, the machine's name, BENCHMARKS.md."""
 
 import datetime
+import json
 import os
 import platform
+import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +47,15 @@ def append_to_benchmarks(section: str, lines: list[str], columns: list[str]) -> 
     end = len(text) if following == -1 else following
     block = text[start:end].rstrip("\n") + "\n" + "\n".join(lines) + "\n"
     path.write_text(text[:start] + block + text[end:])
+
+
+def timed_cifar_train(command: list[str], data: str) -> tuple[dict, float, str]:
+    """Run `cifar train ...` (a command without --name, --out and --json) into runs/bench:
+    (its --json result, the command's wall seconds, the command as BENCHMARKS.md shows it)."""
+    full = [*command, "--name", "bench", "--out", str(ROOT / "runs" / "bench"), "--json"]
+    started = time.perf_counter()
+    result = json.loads(subprocess.run(full, stdout=subprocess.PIPE, text=True, check=True).stdout)
+    return result, time.perf_counter() - started, " ".join(command).replace(data, Path(data).name)
 
 
 def today() -> str:

@@ -10,13 +10,9 @@ accuracy without and with TTA (scored in fp32).
 """
 
 import argparse
-import json
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
+from common import SHARED_DATA, append_to_benchmarks, machine, timed_cifar_train, today
 
 SECTION = "Training runs with precision and wall time (`benchmarks/train_speed.py`)"
 TRAIN_COLUMNS = [
@@ -38,14 +34,9 @@ def main() -> None:
     command += ["--precision", args.precision]
     command += ["--model", args.model] if args.model else []
     command += ["--epochs", str(args.epochs)] if args.epochs else []
-    command += ["--name", "bench", "--out", str(ROOT / "runs" / "bench"), "--json"]
-    started = time.perf_counter()
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-    wall_seconds = time.perf_counter() - started
-    result = json.loads(completed.stdout)
+    result, wall_seconds, shown = timed_cifar_train(command, args.data)
     history = result["history"]
     images_per_s = sum(row["images_per_s"] * row["seconds"] for row in history) / sum(row["seconds"] for row in history)
-    shown = " ".join(command[: command.index("--name")]).replace(args.data, Path(args.data).name)
     row = (
         f"| {today()} | {machine()} | `{shown}` | {len(history)} | {result['precision']} | "
         f"{result['train_seconds']:.0f} | {wall_seconds:.0f} | {images_per_s:.0f} | {result['test_acc']:.2%} | "

@@ -13,10 +13,8 @@ import argparse
 import json
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
+from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, timed_cifar_train, today
 
 REFERENCE = ROOT.parent / "shared" / "tools" / "airbench_reference.py"
 COLUMNS = [
@@ -41,11 +39,7 @@ def main() -> None:
     reference_acc = f"{reference['tta_acc']:.2%}" if args.reference_epochs == 9.9 else "estimated from a short run"
 
     command = ["cifar", "train", "--data", args.data, "--seed", str(args.seed), "--precision", args.precision]
-    command += ["--name", "versus", "--out", str(ROOT / "runs" / "bench"), "--json"]
-    started = time.perf_counter()
-    result = json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout)
-    wall_s = time.perf_counter() - started
-    shown = " ".join(command[: command.index("--name")]).replace(args.data, Path(args.data).name)
+    result, wall_s, shown = timed_cifar_train(command, args.data)
     row = (
         f"| {today()} | {machine()} | {reference_s:.0f} ({reference_acc}; {args.reference_epochs:g} epochs run) | "
         f"`{shown}` ({result['precision']}) | {result['train_seconds']:.0f} | {wall_s:.0f} | "
