@@ -304,8 +304,10 @@ def quantize_int8(
                 f"{int8_path}: not written, INT8 scores {int8_acc:.2%} against fp32's {fp32_acc:.2%} on the test "
                 f"split, more than --int8-max-loss {max_loss:g} below; calibrate on more images or raise the limit"
             )
-        # The INT8 file describes itself: its own accuracy, the fp32 figure beside it.
-        metrics = {**info.metrics, "test_acc": round(int8_acc, 5), "fp32_test_acc": round(fp32_acc, 5)}
+        # The INT8 file describes itself: its own accuracy, the fp32 figure beside it, and none of
+        # the fp32 model's other test figures (loss, TTA), which it was not measured for.
+        kept = {key: value for key, value in info.metrics.items() if key not in ("test_loss", "test_acc_tta")}
+        metrics = {**kept, "test_acc": round(int8_acc, 5), "fp32_test_acc": round(fp32_acc, 5)}
         quantized_info = ModelInfo(**{**info.to_dict(), "metrics": metrics})
         write_metadata(temp, {**metadata_for(quantized_info, export_date), "quantization": INT8_DESCRIPTION})
         int8_model = OnnxClassifier(temp, threads)

@@ -174,6 +174,7 @@ def test_int8_export_is_written_described_and_accurate(trained_run, dataset, tmp
     assert report.int8["calibration_images"] == 240
     # Its metadata carries its own accuracy, which evaluating it reproduces.
     assert described.metrics["test_acc"] == round(report.int8["int8_test_acc"], 5)
+    assert "test_acc_tta" not in described.metrics and "test_loss" not in described.metrics
     assert evaluate(OnnxClassifier(quantized), dataset).accuracy == described.metrics["test_acc"]
     assert "WARNING" not in capfd.readouterr().err
 
