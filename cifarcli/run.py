@@ -218,23 +218,28 @@ class ResumableRun:
 
 
 def load_resumable_run(path: Path) -> ResumableRun:
-    """What a run folder (or its last.pt) says about how to continue it."""
-    from cifarcli.checkpoint import load_checkpoint
-
+    """What a run folder (or its last.pt) says about how to continue it: its config.json. Training
+    checks the checkpoint against it when it loads last.pt."""
     checkpoint = path / "last.pt" if path.is_dir() else path
     if not checkpoint.is_file():
         raise CifarError(f"--resume {path}: no last.pt there; give a run folder or its last.pt")
     config_file = checkpoint.parent / "config.json"
     try:
         config = json.loads(config_file.read_text())
-        data = config["data"]["source"]
-        val_fraction = config["data"].get("val_fraction") or DEFAULT_VAL_FRACTION
-    except (OSError, ValueError, KeyError, TypeError):
+        data, precision = config["data"], config["precision"]
+        return ResumableRun(
+            run_dir=checkpoint.parent,
+            checkpoint=checkpoint,
+            model=config["model"],
+            recipe=config["recipe"],
+            data=data["source"],
+            val_fraction=data.get("val_fraction") or DEFAULT_VAL_FRACTION,
+            precision=EARLIER_PRECISION_NAMES.get(precision, precision),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise CifarError(
             f"--resume {path}: {config_file} is missing or unreadable; it records the data and recipe to resume with"
         ) from None
-    info = load_checkpoint(checkpoint)["info"]
-    return ResumableRun(checkpoint.parent, checkpoint, info.model, info.recipe, data, val_fraction, info.precision)
 
 
 def refuse_contradictions(run: ResumableRun, given: dict) -> None:

@@ -265,3 +265,13 @@ def test_a_command_that_needs_torch_says_what_to_install_when_it_is_missing(comm
     assert completed.returncode == 2, completed.stderr
     assert "pip install 'cifarcli[train]'" in completed.stderr and "Traceback" not in completed.stderr
     assert len([line for line in completed.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_resume_without_the_run_folder_config_says_so_in_one_line(trained_run, tmp_path):
+    import shutil
+
+    (tmp_path / "run").mkdir()
+    shutil.copy(trained_run.run_dir / "last.pt", tmp_path / "run" / "last.pt")
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "config.json is missing or unreadable" in result.output
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
