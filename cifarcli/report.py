@@ -84,7 +84,7 @@ class TrainDisplay:
     def start(self, context, model_name, epochs, steps_per_epoch):
         note(
             f"training [bold]{model_name}[/] for {epochs} epochs on {context.describe()} -> {context.run_dir}; "
-            "test accuracy scored in fp32"
+            "each epoch's test accuracy is a quick estimate, the last epoch's exact (fp32, whole test split)"
         )
         self.epochs = epochs
         self.progress = new_progress(
@@ -102,8 +102,8 @@ class TrainDisplay:
         line = (
             f"epoch {row['epoch']}/{self.epochs}  "
             f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
-            f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  {row['seconds']:.1f}s  "
-            f"{row['images_per_s']:.0f} img/s"
+            f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f} ({scored_on(row)})  "
+            f"{row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
         )
         if self.progress.disable:
             note(line)
@@ -113,9 +113,14 @@ class TrainDisplay:
             self.progress.stop()
 
 
+def scored_on(row: dict) -> str:
+    """How a history row's test figure was measured: '2,000 imgs, bf16'."""
+    return f"{row['test_images']:,} imgs, {row['scored_in']}"
+
+
 def show_training_result(result) -> None:
     table = Table(title=f"Training: {result.run_dir}")
-    for column in ("epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds", "img/s"):
+    for column in ("epoch", "train loss", "train acc", "test loss", "test acc", "scored on", "lr", "seconds", "img/s"):
         table.add_column(column, justify="right")
     for row in result.history:
         table.add_row(
@@ -124,6 +129,7 @@ def show_training_result(result) -> None:
             f"{row['train_acc']:.2%}",
             f"{row['test_loss']:.4f}",
             f"{row['test_acc']:.2%}",
+            scored_on(row),
             f"{row['lr']:.4g}",
             f"{row['seconds']:.1f}",
             f"{row['images_per_s']:.0f}",

@@ -30,6 +30,23 @@ def test_evaluating_the_onnx_export_matches_pytorch(trained_run, exported, datas
         assert abs(torch_result.accuracy - onnx_result.accuracy) <= 0.001
 
 
+def test_tta_blends_all_views_for_the_least_sure_images_and_keeps_the_rest(trained_run, dataset):
+    from cifarcli.classifier import TTA_FRACTION, least_sure, tta_views
+
+    classifier = load_classifier(trained_run.run_dir / "last.pt")
+    images = dataset.test.images[:40]
+    plain, tta = classifier.predict_plain_and_tta(images, level=2)
+    np.testing.assert_array_equal(plain, classifier.predict_logits(images))
+    unsure = least_sure(plain, TTA_FRACTION)
+    assert len(unsure) == 10
+    margins = np.diff(np.sort(plain, axis=1)[:, -2:], axis=1).ravel()
+    assert margins[unsure].max() <= np.delete(margins, unsure).min()
+    full = sum(weight * classifier.predict_logits(np.ascontiguousarray(view)) for weight, view in tta_views(images, 2))
+    np.testing.assert_allclose(tta[unsure], full[unsure], rtol=1e-5, atol=1e-5)
+    sure = np.setdiff1d(np.arange(len(images)), unsure)
+    np.testing.assert_array_equal(tta[sure], plain[sure])
+
+
 def test_metrics_agree_with_the_predictions(trained_run, dataset, tmp_path):
     classifier = load_classifier(trained_run.run_dir / "last.pt")
     result = evaluate(classifier, dataset, "train")

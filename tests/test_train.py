@@ -159,6 +159,45 @@ def test_final_figures_are_reproduced_by_the_checkpoint_and_its_onnx_export(prec
     assert evaluate(load_classifier(tmp_path / "best.pt"), dataset).accuracy == best.metrics["test_acc"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_epochs_before_the_last_are_estimated_on_a_sample_and_say_so(precision, dataset, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import cifarcli.train as training
+    from cifarcli.classifier import load_classifier
+    from cifarcli.evaluate import evaluate
+
+    monkeypatch.setattr(training, "EPOCH_TEST_IMAGES", 40)  # of the 90 test images
+    recipe = get_model_entry("tutorial").recipe.override(epochs=3, batch_size=32, lr=0.05)
+    result = train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path / "whole"))
+    scored = [(row["test_images"], row["scored_in"]) for row in result.history]
+    assert scored == [(40, precision), (40, precision), (90, "fp32")]
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["epoch_test_images"] == 40
+
+    class StopAfterEpoch1:
+        def start(self, *args): ...
+        def epoch_start(self, epoch, steps): ...
+        def step(self, *args): ...
+
+        def epoch_end(self, row):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path / "cut"), StopAfterEpoch1())
+    best = tmp_path / "cut" / "best.pt"
+    metrics = load_checkpoint(best)["info"].metrics
+    assert "test_acc" not in metrics and metrics["estimated_on"] == f"40 test images in {precision}"
+    sample = replace(dataset, test=training.epoch_test_sample(dataset.test, 40))
+    estimate = evaluate(load_classifier(best), sample).accuracy
+    if precision == "fp32":  # the estimate is that sample's fp32 figure
+        assert metrics["estimated_test_acc"] == estimate
+    else:
+        assert abs(metrics["estimated_test_acc"] - estimate) <= 2 / 40
+    training.score_best_exactly(best, dataset.test, "cpu")
+    metrics = load_checkpoint(best)["info"].metrics
+    assert metrics["test_acc"] == evaluate(load_classifier(best), dataset).accuracy and metrics["epoch"] == 1
+
+
 def test_bf16_training_steps_differ_from_fp32(dataset, tmp_path):
     recipe = get_model_entry("tutorial").recipe.override(epochs=1, batch_size=32)
     for precision in ("fp32", "bf16"):
