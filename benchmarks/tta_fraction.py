@@ -10,6 +10,7 @@ BENCHMARKS.md. Chose cifarcli.classifier.TTA_FRACTION.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -50,7 +51,8 @@ def main() -> None:
             predictions.append(mixed.argmax(1))
         accuracy = float((np.concatenate(predictions) == test.labels).mean())
         passes = 1 + 5 * fraction
-        rows.append(f"| {today()} | {machine()} | `{args.model}` | {fraction:.0%} | {passes:.2f} | {accuracy:.2%} |")
+        shown = os.path.relpath(args.model, ROOT)
+        rows.append(f"| {today()} | {machine()} | `{shown}` | {fraction:.0%} | {passes:.2f} | {accuracy:.2%} |")
         print(rows[-1])
     append_to_benchmarks("TTA on the least sure images (`benchmarks/tta_fraction.py`)", rows, COLUMNS)
 
