@@ -49,6 +49,7 @@ def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tm
     assert trained["run_dir"] == str(tmp_path / "run") and len(trained["history"]) == 2
     again = runner.invoke(app, [*train, "--epochs", "0.5"])
     assert again.exit_code == 0 and (tmp_path / "run2" / "last.pt").exists()
+    assert "scored on" in again.stdout and "90 imgs, fp32" in again.stdout  # how the epoch's figure was measured
 
     checkpoint = tmp_path / "run" / "last.pt"
     evaluated = runner.invoke(
