@@ -19,8 +19,8 @@ from cifarcli.errors import CifarError
 # and pick the same images for TTA.
 EVAL_BATCH = 500
 # TTA's extra views go to this fraction of each batch, the images whose two best logits are
-# closest: on the default model the least sure 20% already gave all of full TTA's gain
-# (91.02% against 89.93% plain), at 2.25 passes of the data instead of 6 (BENCHMARKS.md).
+# closest: on six default runs a quarter gave 90.81% against full TTA's 90.86% (89.73% plain)
+# for 2.25 passes over the data instead of 6, most of the wait after training (BENCHMARKS.md).
 TTA_FRACTION = 0.25
 
 
