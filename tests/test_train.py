@@ -45,6 +45,16 @@ def test_checkpoint_is_plain_weights_with_json_safe_metadata(trained_run):
     assert info.metrics["test_acc_tta"] == trained_run.test_acc_tta
 
 
+def test_channel_statistics_from_histograms_equal_numpys():
+    from cifarcli.train import channel_mean_std
+
+    images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    images[..., 2] //= 3  # a channel with another spread
+    mean, std = channel_mean_std(images)
+    assert mean == (images.reshape(-1, 3).mean(0) / 255).round(4).tolist()
+    assert std == (images.reshape(-1, 3).std(0) / 255).round(4).tolist()
+
+
 def test_lr_schedule_is_piecewise_linear():
     recipe = get_model_entry("airbench94").recipe
     assert lr_factor(0, 100, recipe) == pytest.approx(0.2)
