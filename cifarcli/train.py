@@ -7,7 +7,7 @@ needs is in its Recipe (models.py). Progress goes to an `events` object (report.
 so this module knows nothing of the terminal.
 
 Scoring is split by purpose. Each epoch's test figure is an estimate for the user to watch:
-EPOCH_TEST_IMAGES test images in the training precision, about 1% of an epoch's work. The
+EPOCH_TEST_IMAGES test images in the training precision, 1-3% of an epoch's time. The
 result (the last epoch's plain and TTA figures, and best.pt's) is exact: the whole test split
 in fp32, whatever the training precision, so that `cifar evaluate` of a checkpoint and of its
 ONNX export reproduce it to the digit. Each history row says which it is.
