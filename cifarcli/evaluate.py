@@ -41,6 +41,11 @@ class Evaluation:
         return asdict(self)
 
 
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of logits (N, classes) against labels (N,)."""
+    return float((logits.argmax(1) == labels).mean())
+
+
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -166,7 +171,7 @@ def evaluate(
         split=split,
         tta=tta,
         images=len(data),
-        accuracy=round(float((predictions == data.labels).mean()), 5),
+        accuracy=round(accuracy(logits, data.labels), 5),
         loss=round(cross_entropy(logits, data.labels), 5),
         per_class=per_class_metrics(confusion, dataset.classes),
         confusion=confusion.tolist(),

@@ -33,7 +33,7 @@ from cifarcli.classifier import (
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import cross_entropy, pyplot, save_figure
+from cifarcli.evaluate import accuracy, cross_entropy, evaluate, pyplot, save_figure
 from cifarcli.models import Recipe, get_model_entry
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 from cifarcli.run import RunContext, process_settings
@@ -88,8 +88,8 @@ def crop_size(epoch: int, full_size: int, recipe: Recipe) -> int:
 
 def channel_mean_std(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 (N, H, W, C) images in [0, 1] units, to 4 places. From
-    256-bin histograms: exact, and 1.0 s instead of numpy's 4.8 s in float64 over CIFAR-10's
-    150 M values, which every run waited for at its start."""
+    256-bin histograms: exact, and 1.0-1.4 s instead of numpy's 4.8 s in float64 over CIFAR-10's
+    150 M values, which every run waited for at its start (BENCHMARKS.md)."""
     values = np.arange(256, dtype=np.float64)
     mean, std = [], []
     for channel in range(images.shape[-1]):
@@ -134,10 +134,6 @@ def plot_curves(path: Path, rows: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------- evaluation
-
-
-def accuracy(logits, labels) -> float:
-    return float((logits.argmax(1) == labels).mean())
 
 
 def epoch_test_sample(split, count: int):
@@ -421,7 +417,7 @@ def finish(training: Training) -> TrainResult:
     last = t.history[-1]
     best_row = t.history[t.best_epoch - 1]
     if t.context.ranks.is_main and not is_exact(best_row, len(t.dataset.test)):
-        score_best_exactly(t.context.run_dir / "best.pt", t.dataset.test, t.context.device)
+        score_best_exactly(t.context.run_dir / "best.pt", t.dataset, t.context.device)
     check_identical_weights(t.model, t.context.ranks)
     if t.context.ranks.is_main:
         plot_curves(t.context.run_dir / "curves.png", t.history)
@@ -436,15 +432,11 @@ def finish(training: Training) -> TrainResult:
     )
 
 
-def score_best_exactly(path: Path, test, device: str) -> None:
-    """Replace best.pt's estimate with its exact figures, as `cifar evaluate best.pt` gives them."""
+def score_best_exactly(path: Path, dataset: Dataset, device: str) -> None:
+    """Replace best.pt's estimate with its exact figures: those `cifar evaluate best.pt` gives."""
     best = TorchClassifier.from_checkpoint(path, device)
-    logits = predict_in_batches(best, test.images, EVAL_BATCH)
-    metrics = {
-        "test_acc": round(accuracy(logits, test.labels), 5),
-        "test_loss": round(cross_entropy(logits, test.labels), 5),
-        "epoch": best.info.epoch,
-    }
+    exact = evaluate(best, dataset)
+    metrics = {"test_acc": exact.accuracy, "test_loss": exact.loss, "epoch": best.info.epoch}
     save_checkpoint(path, best.model, ModelInfo(**{**best.info.to_dict(), "metrics": metrics}))
 
 
@@ -490,6 +482,12 @@ def restore(training: Training, checkpoint: Path) -> None:
     # history.csv may hold an epoch that last.pt does not (a kill between the two writes).
     t.start_epoch = state["info"].epoch
     t.history = read_history(t.context.run_dir / "history.csv")[: t.start_epoch]
+    missing = [key for key in HISTORY_FIELDS if t.history and key not in t.history[0]]
+    if missing:
+        raise CifarError(
+            f"--resume {checkpoint}: its history.csv, written by an earlier cifarcli, lacks {', '.join(missing)}; "
+            "start a new run"
+        )
     t.train_seconds = sum(row["seconds"] for row in t.history)
     if t.history:
         best = max(t.history, key=lambda row: row["test_acc"])  # the first of equals, as record_epoch keeps
