@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -60,3 +61,11 @@ def timed_cifar_train(command: list[str], data: str) -> tuple[dict, float, str]:
 
 def today() -> str:
     return datetime.date.today().isoformat()
+
+
+def unpack_test_split(archive: Path, folder: Path) -> Path:
+    """The archive's test images, one folder per class, unpacked under folder; returns test/."""
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if "/test/" in m.name and m.isfile()]
+        tar.extractall(folder, members=members, filter="data")
+    return next(folder.rglob("test"))

@@ -18,14 +18,13 @@ import os
 import resource
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
+from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today, unpack_test_split
 
 sys.path.insert(0, str(ROOT))
 from cifarcli.classifier import OnnxClassifier
@@ -45,13 +44,6 @@ COLUMNS = [
     "peak RSS MB 10k / 100k",
     "accuracy of rows / cifar evaluate",
 ]
-
-
-def unpack_test_split(archive: Path, folder: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if "/test/" in m.name and m.isfile()]
-        tar.extractall(folder, members=members, filter="data")
-    return next(folder.rglob("test"))
 
 
 def run_predict(paths: list[Path], model: Path, threads: int, rows: Path) -> tuple[float, int]:

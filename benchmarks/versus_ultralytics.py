@@ -1,0 +1,163 @@
+"""`cifar predict` against Ultralytics' classifier, whole commands on the same machine, back to back.
+
+    python benchmarks/versus_ultralytics.py --yolo /tmp/ultra/bin/yolo [--photos 1000] [--repeats 2]
+
+Ultralytics goes in a throwaway venv, since it brings its own torch:
+    python -m venv /tmp/ultra && /tmp/ultra/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        ultralytics onnx onnxruntime
+Its model is yolo11n-cls built from the model's YAML and exported to ONNX by Ultralytics itself
+at its default 224 px: the pretrained weights are a download these machines cannot make, and the
+speed does not depend on the weights. Ultralytics runs as a user would run it on a folder
+(`yolo classify predict model=... source=DIR/*/*.jpg save=False verbose=False`, its defaults
+otherwise), `cifar predict DIR -o rows.csv` with no --model (the bundled model it picks for this
+CPU). Each command runs whole, interpreter start included, alternating, --repeats times; a row
+gives the faster run of each and its peak RSS.
+
+Corpora: the 10,000 CIFAR test JPEGs (32 px), and N photo-sized JPEGs made from test images:
+upscaled to a long side drawn around 430 px (one at 2400x1600), with sensor-like noise so that
+they compress like photos (bits per pixel reported), a tenth progressive and a tenth stored
+turned with an EXIF orientation. Beside each: the decode-only and ONNX-Runtime-only rates of
+cifar predict's model, the ceiling that the two stages sharing two cores allow.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today, unpack_test_split
+from PIL import Image
+
+sys.path.insert(0, str(ROOT))
+from cifarcli.classifier import OnnxClassifier
+from cifarcli.images import decode_image
+from cifarcli.predict import choose_bundled_model, discover_images
+
+COLUMNS = [
+    "date",
+    "machine",
+    "corpus",
+    "cifar predict img/s (model)",
+    "Ultralytics img/s",
+    "ratio",
+    "peak RSS MB cifar / Ultralytics",
+    "decode-only / ORT-only img/s",
+]
+PEAK_RSS = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def make_photos(test: Path, folder: Path, count: int) -> str:
+    """count photo-like JPEGs under folder/<class>/, each an upscaled test image; returns a
+    description of the corpus (sizes, bits per pixel)."""
+    rng = np.random.default_rng(0)
+    sources = sorted(test.rglob("*.jpg"))
+    picks = rng.choice(len(sources), size=count, replace=False)
+    long_sides = np.clip(np.exp(rng.normal(np.log(430), 0.5, count)), 200, 2400).astype(int)
+    long_sides[0] = 2400
+    bits, sides = [], []
+    for index, (pick, long_side) in enumerate(zip(picks, long_sides, strict=True)):
+        source = sources[pick]
+        aspect = rng.choice([4 / 3, 3 / 2, 16 / 9]) if index else 3 / 2
+        width, height = long_side, int(long_side / aspect)
+        if index and rng.random() < 0.3:
+            width, height = height, width
+        pixels = np.asarray(Image.open(source).convert("RGB").resize((width, height), Image.BICUBIC), np.float32)
+        pixels += rng.normal(0, 6, pixels.shape)  # sensor noise: flat upscales compress unlike photos
+        photo = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        target = folder / source.parent.name / f"photo{index:05d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        kind = index % 10
+        if kind == 1:
+            photo.save(target, quality=90, progressive=True)
+        elif kind == 2:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # stored turned left; viewers (and cifar predict) turn it back
+            photo.rotate(90, expand=True).save(target, quality=90, exif=exif)
+        else:
+            photo.save(target, quality=90)
+        bits.append(target.stat().st_size * 8 / (width * height))
+        sides.append(max(width, height))
+    return (
+        f"{count:,} photos, long side median {np.median(sides):.0f} px (largest 2400x1600), "
+        f"{np.median(bits):.1f} bits per pixel (median)"
+    )
+
+
+def timed(command: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MB) of one whole command."""
+    environment = {**os.environ, "YOLO_OFFLINE": "1"}  # no update checks over a network we lack
+    started = time.perf_counter()
+    probe = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command], stdout=subprocess.PIPE, text=True, check=True, env=environment
+    )
+    return time.perf_counter() - started, int(probe.stdout) // 1024
+
+
+def ceiling(files: list[Path], model: OnnxClassifier, threads: int) -> tuple[float, float]:
+    """Decode-only and ONNX-Runtime-only images/s: the two stages that share the cores."""
+    size = model.info.input_size
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        images = np.stack(list(pool.map(lambda file: decode_image(file, size), files, chunksize=64)))
+    decode_rate = len(files) / (time.perf_counter() - started)
+    batch = np.resize(images, (256, *images.shape[1:]))
+    model.predict_logits(batch)
+    started = time.perf_counter()
+    for _ in range(8):
+        model.predict_logits(batch)
+    return decode_rate, 8 * 256 / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--yolo", type=Path, required=True, help="the yolo command of an Ultralytics venv")
+    parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
+    args = parser.parse_args()
+    threads = os.cpu_count()
+    model_path, _ = choose_bundled_model(None)
+    model = OnnxClassifier(model_path, threads)
+
+    lines = []
+    with tempfile.TemporaryDirectory() as temp:
+        temp = Path(temp)
+        test = unpack_test_split(args.data, temp / "data")
+        described = make_photos(test, temp / "photos", args.photos)
+        ultralytics_python = args.yolo.parent / "python"
+        export = "from ultralytics import YOLO; YOLO('yolo11n-cls.yaml').export(format='onnx', imgsz=224)"
+        subprocess.run([str(ultralytics_python), "-c", export], cwd=temp, check=True, capture_output=True)
+        yolo_model = temp / "yolo11n-cls.onnx"
+
+        for name, folder in [("10,000 CIFAR test JPEGs (32 px)", test), (described, temp / "photos")]:
+            files = discover_images([str(folder)])
+            ours = [sys.executable, "-m", "cifarcli", "predict", str(folder), "-o", str(temp / "rows.csv")]
+            theirs = [str(args.yolo), "classify", "predict", f"model={yolo_model}", f"source={folder}/*/*.jpg"]
+            theirs += ["save=False", "verbose=False"]
+            runs = {"ours": [], "theirs": []}
+            for _ in range(args.repeats):
+                runs["ours"].append(timed(ours))
+                runs["theirs"].append(timed(theirs))
+            (our_s, our_rss), (their_s, their_rss) = min(runs["ours"]), min(runs["theirs"])
+            decode_rate, ort_rate = ceiling(files, model, threads)
+            our_rate, their_rate = len(files) / our_s, len(files) / their_s
+            lines.append(
+                f"| {today()} | {machine()} | {name} | {our_rate:.0f} ({model_path.name}) | "
+                f"{their_rate:.0f} | {our_rate / their_rate:.1f}x | {our_rss} / {their_rss} | "
+                f"{decode_rate:.0f} / {ort_rate:.0f} |"
+            )
+            print(lines[-1], flush=True)
+    append_to_benchmarks("Against Ultralytics (`benchmarks/versus_ultralytics.py`)", lines, COLUMNS)
+
+
+if __name__ == "__main__":
+    main()
