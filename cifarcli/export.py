@@ -74,6 +74,31 @@ def newest_supported_opset() -> int:
     return 18
 
 
+def batchnorm_before_pool(model):
+    """A copy of the model in which each MaxPool2d -> BatchNorm2d pair runs as BatchNorm2d ->
+    MaxPool2d, wherever every channel's BatchNorm scale is positive. The two orders then give
+    bitwise the same output (each step of BatchNorm is non-decreasing, so it commutes with max),
+    and the new order lets ONNX Runtime fold the BatchNorm into the convolution before it:
+    +7-11% images/s for the default model in INT8 (BENCHMARKS.md)."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for index in range(len(module) - 1):
+            pool, norm = module[index], module[index + 1]
+            # Without running statistics a BatchNorm normalises by the batch's: no swap then.
+            if isinstance(pool, nn.MaxPool2d) and isinstance(norm, nn.BatchNorm2d) and norm.running_var is not None:
+                weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
+                if bool((weight / torch.sqrt(norm.running_var + norm.eps) > 0).all()):
+                    module[index], module[index + 1] = norm, pool
+    return model
+
+
 def export_onnx(model, input_size: int, opset: int, metadata: dict, path: Path) -> None:
     import onnx
     import torch
@@ -81,7 +106,7 @@ def export_onnx(model, input_size: int, opset: int, metadata: dict, path: Path) 
     example = torch.rand(2, 3, input_size, input_size)
     try:
         program = torch.onnx.export(
-            model.eval(),
+            batchnorm_before_pool(model),
             (example,),
             dynamo=True,
             opset_version=opset,

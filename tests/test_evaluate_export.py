@@ -12,7 +12,7 @@ import pytest
 from cifarcli.classifier import OnnxClassifier, TorchClassifier, load_classifier
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import confusion_matrix, evaluate, write_outputs
-from cifarcli.export import export_checkpoint
+from cifarcli.export import batchnorm_before_pool, export_checkpoint
 
 
 def test_evaluating_a_checkpoint_reproduces_training_to_the_image(trained_run, dataset):
@@ -342,3 +342,29 @@ def test_export_with_data_fits_a_temperature_that_predict_and_evaluate_use(train
     logits = model.predict_logits(np.stack([decode_image(path, 32) for path in files]))
     expected = softmax(logits / report.temperature).max(1)
     assert [row.confidence for row in rows] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_batchnorm_moves_before_pooling_only_where_the_output_stays_bitwise_the_same():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(8), nn.GELU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(8),
+    )  # fmt: skip
+    for norm in (model[2], model[6]):
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.bias.data.normal_()
+    with torch.no_grad():
+        model[6].weight[3] = -0.5  # one negative scale: max and this BatchNorm do not commute
+    model.eval()
+    moved = batchnorm_before_pool(model)
+    assert [type(layer).__name__ for layer in moved] == [
+        "Conv2d", "BatchNorm2d", "MaxPool2d", "GELU", "Conv2d", "MaxPool2d", "BatchNorm2d",
+    ]  # fmt: skip
+    assert isinstance(model[1], nn.MaxPool2d)  # the original is untouched
+    images = torch.rand(16, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(moved(images), model(images))
