@@ -361,7 +361,7 @@ def predict_command(
             raise CifarError(f"--precision {precision}: chooses between the bundled models; drop it with --model")
         elif model.suffix.lower() != ".onnx":
             raise CifarError(f"--model {model}: predict takes an .onnx model; run `cifar export {model}` first")
-        classifier = OnnxClassifier(model, threads)
+        classifier = OnnxClassifier(model, threads, beside_decoding=True)
         files = discover_images(paths, recursive)
         if not files:
             raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")

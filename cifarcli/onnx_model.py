@@ -104,8 +104,13 @@ def explain_load_failure(error: Exception, path: Path) -> str:
     )
 
 
-def open_onnx_model(path: "str | Path", threads: int = 0):
-    """(description, ONNX Runtime session) of a cifarcli export, or a one-line CifarError."""
+def open_onnx_model(path: "str | Path", threads: int = 0, beside_decoding: bool = False):
+    """(description, ONNX Runtime session) of a cifarcli export, or a one-line CifarError.
+
+    beside_decoding: the session shares the cores with image-decoding threads (cifar predict).
+    ONNX Runtime's threads then sleep between operators instead of spinning, leaving the cores to
+    the decoders: whole `cifar predict` commands ran 4% (CIFAR JPEGs) and 15% (photos) more
+    images/s (benchmarks/ort_spinning.py). Elsewhere ONNX Runtime keeps its default."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -117,6 +122,8 @@ def open_onnx_model(path: "str | Path", threads: int = 0):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if beside_decoding:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         # From bytes, not the path: ONNX Runtime then cannot resolve external data next to it.
         session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])

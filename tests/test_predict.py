@@ -85,6 +85,14 @@ def test_predictions_match_the_model_on_the_same_images(image_folder, exported, 
     assert all(len(row["top_k"]) == 2 and row["top_k"][0]["label"] == row["label"] for row in rows)
 
 
+def test_a_session_beside_decoding_sleeps_between_operators_and_gives_the_same_logits(exported, dataset):
+    sleeping = OnnxClassifier(exported, beside_decoding=True)  # as cifar predict opens its model
+    options = sleeping.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    images = dataset.test.images[:64]
+    assert np.array_equal(sleeping.predict_logits(images), OnnxClassifier(exported).predict_logits(images))
+
+
 def test_json_output_is_a_valid_array_and_stdout_json_has_every_row(image_folder, exported, tmp_path):
     out = tmp_path / "rows.json"
     result = runner.invoke(
