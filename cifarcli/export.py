@@ -78,8 +78,8 @@ def batchnorm_before_pool(model):
     """A copy of the model in which each MaxPool2d -> BatchNorm2d pair runs as BatchNorm2d ->
     MaxPool2d, wherever every channel's BatchNorm scale is positive. The two orders then give
     bitwise the same output (each step of BatchNorm is non-decreasing, so it commutes with max),
-    and the new order lets ONNX Runtime fold the BatchNorm into the convolution before it:
-    +7-11% images/s for the default model in INT8 (BENCHMARKS.md)."""
+    and in the new order the exporter folds the BatchNorm into the convolution before it: the
+    default model's INT8 file ran 8% more images/s (BENCHMARKS.md, "ONNX export, fp32 / INT8")."""
     import copy
 
     import torch
