@@ -34,8 +34,8 @@ GLOB_CHARACTERS = set("*?[")
 def choose_bundled_model(precision: "str | None") -> tuple[Path, str]:
     """(bundled model, why) for --precision fp32, int8 or None (this CPU's choice). Measured
     (BENCHMARKS.md): INT8 ran at 2.1-2.7x the fp32 rate in ONNX Runtime on a CPU with VNNI and AMX;
-    on AVX2-only CPUs only an older model was measured (1.5x), and ONNX Runtime documents int8
-    saturation there, so they keep fp32, the model whose accuracy training printed."""
+    on AVX2-only CPUs only an older model was measured (1.5x), so they keep fp32, the model
+    whose accuracy training printed, until a measurement there says otherwise."""
     if precision is not None:
         if precision not in BUNDLED_MODELS:
             raise CifarError(f"--precision {precision}: choose {' or '.join(BUNDLED_MODELS)}")
