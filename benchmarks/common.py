@@ -5,11 +5,19 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run by a wrapper interpreter, so that its children's peak RSS is the one command's alone.
+PEAK_RSS = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
@@ -69,3 +77,36 @@ def unpack_test_split(archive: Path, folder: Path) -> Path:
         members = [m for m in tar.getmembers() if "/test/" in m.name and m.isfile()]
         tar.extractall(folder, members=members, filter="data")
     return next(folder.rglob("test"))
+
+
+def whole_command(command: list[str], environment: "dict | None" = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MB) of one command, run whole: interpreter start included."""
+    started = time.perf_counter()
+    probe = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command], stdout=subprocess.PIPE, text=True, check=True, env=environment
+    )
+    return time.perf_counter() - started, int(probe.stdout) // 1024
+
+
+def decode_images(files: list[Path], size: int, threads: int):
+    """(decoded images, images/s) of cifar predict's decoder on a thread pool, alone."""
+    import numpy as np
+
+    from cifarcli.images import decode_image
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        images = np.stack(list(pool.map(lambda file: decode_image(file, size), files, chunksize=64)))
+    return images, len(files) / (time.perf_counter() - started)
+
+
+def inference_rate(classifier, images, batch_size: int = 256, at_least: int = 2048) -> float:
+    """Images/s of a classifier alone on already-decoded images, in full batches, cycling through
+    them until at least `at_least` images ran."""
+    batches = [images[start : start + batch_size] for start in range(0, len(images) - batch_size + 1, batch_size)]
+    classifier.predict_logits(batches[0])
+    runs = max(len(batches), -(-at_least // batch_size))
+    started = time.perf_counter()
+    for index in range(runs):
+        classifier.predict_logits(batches[index % len(batches)])
+    return runs * batch_size / (time.perf_counter() - started)

@@ -14,14 +14,12 @@ session alive at a time. Rows give median images/s (whole commands: startup incl
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from common import SHARED_DATA, append_to_benchmarks, machine, today, unpack_test_split
+from common import SHARED_DATA, append_to_benchmarks, inference_rate, machine, today, unpack_test_split, whole_command
 from versus_ultralytics import make_photos
 
 from cifarcli.classifier import OnnxClassifier
@@ -39,21 +37,10 @@ main()
 
 
 def command_rate(folder: Path, rows: Path, sleeping: bool) -> float:
-    arguments = ["predict", str(folder), "-o", str(rows)]
+    count = len(discover_images([str(folder)]))
     command = [sys.executable, "-m", "cifarcli"] if sleeping else [sys.executable, "-c", SPINNING_PREDICT]
-    started = time.perf_counter()
-    subprocess.run([*command, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return len(discover_images([str(folder)])) / (time.perf_counter() - started)
-
-
-def inference_rate(model: Path, threads: int, sleeping: bool) -> float:
-    classifier = OnnxClassifier(model, threads, beside_decoding=sleeping)
-    batch = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
-    classifier.predict_logits(batch)
-    started = time.perf_counter()
-    for _ in range(4):
-        classifier.predict_logits(batch)
-    return 4 * len(batch) / (time.perf_counter() - started)
+    seconds, _ = whole_command([*command, "predict", str(folder), "-o", str(rows)])
+    return count / seconds
 
 
 def main() -> None:
@@ -64,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = os.cpu_count()
     model, _ = choose_bundled_model(None)
+    random_batch = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
 
     with tempfile.TemporaryDirectory() as temp:
         test = unpack_test_split(args.data, Path(temp) / "data")
@@ -73,7 +61,9 @@ def main() -> None:
         workloads = {
             "`cifar predict`, 10,000 CIFAR test JPEGs": lambda sleeping: command_rate(test, rows, sleeping),
             f"`cifar predict`, {args.photos:,} generated photos": lambda sleeping: command_rate(photos, rows, sleeping),
-            "ONNX Runtime alone, batch 256": lambda sleeping: inference_rate(model, threads, sleeping),
+            "ONNX Runtime alone, batch 256": lambda sleeping: inference_rate(
+                OnnxClassifier(model, threads, beside_decoding=sleeping), random_batch
+            ),
         }
         lines = []
         for workload, measure in workloads.items():

@@ -15,22 +15,26 @@ and the accuracy of the predicted rows against folder names beside `cifar evalua
 import argparse
 import csv
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today, unpack_test_split
+from common import (
+    ROOT,
+    SHARED_DATA,
+    append_to_benchmarks,
+    decode_images,
+    inference_rate,
+    machine,
+    today,
+    unpack_test_split,
+    whole_command,
+)
 
 sys.path.insert(0, str(ROOT))
 from cifarcli.classifier import OnnxClassifier
 from cifarcli.data import load_dataset
 from cifarcli.evaluate import evaluate
-from cifarcli.images import decode_image
 from cifarcli.predict import DEFAULT_MODEL, discover_images
 
 COLUMNS = [
@@ -61,12 +65,7 @@ def run_predict(paths: list[Path], model: Path, threads: int, rows: Path) -> tup
         "--threads",
         str(threads),
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    subprocess.run(command, stdout=subprocess.DEVNULL, check=False)
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) // 1024
+    return whole_command(command)
 
 
 def row_accuracy(rows: Path) -> tuple[float, int]:
@@ -89,17 +88,8 @@ def main() -> None:
         test = unpack_test_split(args.data, Path(temp) / "data")
         files = discover_images([str(test)])
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.threads) as pool:
-            images = np.stack(list(pool.map(lambda f: decode_image(f, size), files, chunksize=64)))
-        decode_rate = len(files) / (time.perf_counter() - started)
-
-        batch = images[:256]
-        classifier.predict_logits(batch)
-        started = time.perf_counter()
-        for start in range(0, len(images) - 255, 256):
-            classifier.predict_logits(images[start : start + 256])
-        ort_rate = (len(images) // 256 * 256) / (time.perf_counter() - started)
+        images, decode_rate = decode_images(files, size, args.threads)
+        ort_rate = inference_rate(classifier, images)
 
         seconds, peak_10k = run_predict([test], args.model, args.threads, Path(temp) / "rows.csv")
         predicted_acc, count = row_accuracy(Path(temp) / "rows.csv")

@@ -26,19 +26,27 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today, unpack_test_split
+from common import (
+    ROOT,
+    SHARED_DATA,
+    append_to_benchmarks,
+    decode_images,
+    inference_rate,
+    machine,
+    today,
+    unpack_test_split,
+    whole_command,
+)
 from PIL import Image
 
 sys.path.insert(0, str(ROOT))
 from cifarcli.classifier import OnnxClassifier
-from cifarcli.images import decode_image
 from cifarcli.predict import choose_bundled_model, discover_images
 
+ULTRALYTICS_ENVIRONMENT = {**os.environ, "YOLO_OFFLINE": "1"}  # no update checks over a network we lack
 COLUMNS = [
     "date",
     "machine",
@@ -49,11 +57,6 @@ COLUMNS = [
     "peak RSS MB cifar / Ultralytics",
     "decode-only / ORT-only img/s",
 ]
-PEAK_RSS = (
-    "import resource, subprocess, sys; "
-    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
 
 
 def make_photos(test: Path, folder: Path, count: int) -> str:
@@ -93,31 +96,6 @@ def make_photos(test: Path, folder: Path, count: int) -> str:
     )
 
 
-def timed(command: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MB) of one whole command."""
-    environment = {**os.environ, "YOLO_OFFLINE": "1"}  # no update checks over a network we lack
-    started = time.perf_counter()
-    probe = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, *command], stdout=subprocess.PIPE, text=True, check=True, env=environment
-    )
-    return time.perf_counter() - started, int(probe.stdout) // 1024
-
-
-def ceiling(files: list[Path], model: OnnxClassifier, threads: int) -> tuple[float, float]:
-    """Decode-only and ONNX-Runtime-only images/s: the two stages that share the cores."""
-    size = model.info.input_size
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        images = np.stack(list(pool.map(lambda file: decode_image(file, size), files, chunksize=64)))
-    decode_rate = len(files) / (time.perf_counter() - started)
-    batch = np.resize(images, (256, *images.shape[1:]))
-    model.predict_logits(batch)
-    started = time.perf_counter()
-    for _ in range(8):
-        model.predict_logits(batch)
-    return decode_rate, 8 * 256 / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--yolo", type=Path, required=True, help="the yolo command of an Ultralytics venv")
@@ -154,9 +132,10 @@ def main() -> None:
             runs = {key: [] for key in commands}
             for _ in range(args.repeats):
                 for key, command in commands.items():
-                    runs[key].append(timed(command))
+                    runs[key].append(whole_command(command, ULTRALYTICS_ENVIRONMENT))
             best = {key: min(times) for key, times in runs.items()}  # (seconds, peak RSS MB)
-            decode_rate, ort_rate = ceiling(files, model, threads)
+            images, decode_rate = decode_images(files, model.info.input_size, threads)
+            ort_rate = inference_rate(model, images)
             our_rate = len(files) / best["ours"][0]
             their_rss = max(best[size][1] for size in yolo_models)
             their_rates = {size: len(files) / best[size][0] for size in yolo_models}

@@ -19,7 +19,7 @@ from cifarcli.checkpoint import ModelInfo
 from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, softmax, to_model_input
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import calibration, fit_temperature
+from cifarcli.evaluate import accuracy, calibration, fit_temperature
 from cifarcli.onnx_model import metadata_for
 
 MAX_ABS_DIFF = 1e-4  # fp32 logits, ONNX Runtime against PyTorch
@@ -158,9 +158,8 @@ def ort_speed(classifier, images: np.ndarray, seconds: float = 2.0) -> float:
     return best
 
 
-def accuracy(classifier, split) -> float:
-    logits = predict_in_batches(classifier, split.images, SPEED_BATCH)
-    return float((logits.argmax(1) == split.labels).mean())
+def split_accuracy(classifier, split) -> float:
+    return accuracy(predict_in_batches(classifier, split.images, SPEED_BATCH), split.labels)
 
 
 def export_checkpoint(
@@ -334,7 +333,8 @@ def quantize_int8(
             )
         drop_unused_opset_imports(temp)
         write_metadata(temp, metadata_for(info, export_date))
-        fp32_acc, int8_acc = accuracy(fp32_model, dataset.test), accuracy(OnnxClassifier(temp, threads), dataset.test)
+        fp32_acc = split_accuracy(fp32_model, dataset.test)
+        int8_acc = split_accuracy(OnnxClassifier(temp, threads), dataset.test)
         if fp32_acc - int8_acc > max_loss:
             raise CifarError(
                 f"{int8_path}: not written, INT8 scores {int8_acc:.2%} against fp32's {fp32_acc:.2%} on the test "

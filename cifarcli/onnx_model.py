@@ -109,8 +109,8 @@ def open_onnx_model(path: "str | Path", threads: int = 0, beside_decoding: bool 
 
     beside_decoding: the session shares the cores with image-decoding threads (cifar predict).
     ONNX Runtime's threads then sleep between operators instead of spinning, leaving the cores to
-    the decoders: whole `cifar predict` commands ran 4% (CIFAR JPEGs) and 15% (photos) more
-    images/s (benchmarks/ort_spinning.py). Elsewhere ONNX Runtime keeps its default."""
+    the decoders: whole `cifar predict` commands ran 4-8% (CIFAR JPEGs) and 7-15% (photos) more
+    images/s in two runs (benchmarks/ort_spinning.py). Elsewhere ONNX Runtime keeps its default."""
     import onnxruntime as ort
 
     path = Path(path)
