@@ -79,34 +79,87 @@ def unpack_test_split(archive: Path, folder: Path) -> Path:
     return next(folder.rglob("test"))
 
 
-def whole_command(command: list[str], environment: "dict | None" = None) -> tuple[float, int]:
+def whole_command(
+    command: list[str], environment: "dict | None" = None, cwd: "Path | None" = None
+) -> tuple[float, int]:
     """(wall seconds, peak RSS in MB) of one command, run whole: interpreter start included."""
     started = time.perf_counter()
     probe = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, *command], stdout=subprocess.PIPE, text=True, check=True, env=environment
+        [sys.executable, "-c", PEAK_RSS, *command],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        env=environment,
+        cwd=cwd,
     )
     return time.perf_counter() - started, int(probe.stdout) // 1024
 
 
-def decode_images(files: list[Path], size: int, threads: int):
-    """(decoded images, images/s) of cifar predict's decoder on a thread pool, alone."""
+def decode_images(files: list[Path], size: int, threads: int, batch_size: int = 256):
+    """(decoded images, images/s) of cifar predict's decoder alone, each thread decoding whole
+    batches as cifar predict's workers do."""
     import numpy as np
 
     from cifarcli.images import decode_image
 
+    batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        images = np.stack(list(pool.map(lambda file: decode_image(file, size), files, chunksize=64)))
+        decoded = pool.map(lambda batch: [decode_image(file, size) for file in batch], batches)
+        images = np.stack([image for batch in decoded for image in batch])
     return images, len(files) / (time.perf_counter() - started)
 
 
-def inference_rate(classifier, images, batch_size: int = 256, at_least: int = 2048) -> float:
+def inference_rate(classifier, images, batch_size: int = 256, at_least: int = 2048, workers: int = 1) -> float:
     """Images/s of a classifier alone on already-decoded images, in full batches, cycling through
-    them until at least `at_least` images ran."""
+    them until at least `at_least` images ran, with `workers` threads calling it at once (as
+    cifar predict's workers call one ONNX Runtime session)."""
     batches = [images[start : start + batch_size] for start in range(0, len(images) - batch_size + 1, batch_size)]
     classifier.predict_logits(batches[0])
     runs = max(len(batches), -(-at_least // batch_size))
     started = time.perf_counter()
-    for index in range(runs):
-        classifier.predict_logits(batches[index % len(batches)])
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda index: classifier.predict_logits(batches[index % len(batches)]), range(runs)))
     return runs * batch_size / (time.perf_counter() - started)
+
+
+def make_photos(test: Path, folder: Path, count: int) -> str:
+    """count photo-like JPEGs under folder/<class>/, each an upscaled test image; returns a
+    description of the corpus (sizes, bits per pixel). Long sides drawn around 430 px (one at
+    2400x1600), sensor-like noise so that they compress like photos, a tenth progressive and a
+    tenth stored turned with an EXIF orientation."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    sources = sorted(test.rglob("*.jpg"))
+    picks = rng.choice(len(sources), size=count, replace=False)
+    long_sides = np.clip(np.exp(rng.normal(np.log(430), 0.5, count)), 200, 2400).astype(int)
+    long_sides[0] = 2400
+    bits, sides = [], []
+    for index, (pick, long_side) in enumerate(zip(picks, long_sides, strict=True)):
+        source = sources[pick]
+        aspect = rng.choice([4 / 3, 3 / 2, 16 / 9]) if index else 3 / 2
+        width, height = long_side, int(long_side / aspect)
+        if index and rng.random() < 0.3:
+            width, height = height, width
+        pixels = np.asarray(Image.open(source).convert("RGB").resize((width, height), Image.BICUBIC), np.float32)
+        pixels += rng.normal(0, 6, pixels.shape)  # sensor noise: flat upscales compress unlike photos
+        photo = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        target = folder / source.parent.name / f"photo{index:05d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        kind = index % 10
+        if kind == 1:
+            photo.save(target, quality=90, progressive=True)
+        elif kind == 2:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # stored turned left; viewers (and cifar predict) turn it back
+            photo.rotate(90, expand=True).save(target, quality=90, exif=exif)
+        else:
+            photo.save(target, quality=90)
+        bits.append(target.stat().st_size * 8 / (width * height))
+        sides.append(max(width, height))
+    return (
+        f"{count:,} photos, long side median {np.median(sides):.0f} px (largest 2400x1600), "
+        f"{np.median(bits):.1f} bits per pixel (median)"
+    )

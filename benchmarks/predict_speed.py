@@ -3,8 +3,9 @@
     python benchmarks/predict_speed.py [--model cifarcli/assets/default.onnx] [--threads 2]
 
 Measured in one run, with the same thread count:
-  decode-only   decode_image on every file, on a thread pool (images/s)
-  ORT-only      ONNX Runtime on already-decoded images at batch 256 (images/s)
+  decode-only   decode_image on every file, batches of 256 on a thread pool (images/s)
+  ORT-only      ONNX Runtime on already-decoded images at batch 256, one ONNX Runtime thread
+                per worker thread as in cifar predict (images/s)
   end to end    `cifar predict FOLDER -o rows.csv` in a subprocess (its wall time, startup included)
   startup       the same on one image: interpreter, imports and model load, subtracted for the
                 steady rate that the x10 run is compared with
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     args = parser.parse_args()
-    classifier = OnnxClassifier(args.model, args.threads)
+    classifier = OnnxClassifier(args.model, threads=1)  # as cifar predict's workers share it
     size = classifier.info.input_size
 
     with tempfile.TemporaryDirectory() as temp:
@@ -89,7 +90,7 @@ def main() -> None:
         files = discover_images([str(test)])
 
         images, decode_rate = decode_images(files, size, args.threads)
-        ort_rate = inference_rate(classifier, images)
+        ort_rate = inference_rate(classifier, images, workers=args.threads)
 
         seconds, peak_10k = run_predict([test], args.model, args.threads, Path(temp) / "rows.csv")
         predicted_acc, count = row_accuracy(Path(temp) / "rows.csv")

@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from common import (
     ROOT,
     SHARED_DATA,
@@ -36,11 +35,11 @@ from common import (
     decode_images,
     inference_rate,
     machine,
+    make_photos,
     today,
     unpack_test_split,
     whole_command,
 )
-from PIL import Image
 
 sys.path.insert(0, str(ROOT))
 from cifarcli.classifier import OnnxClassifier
@@ -59,43 +58,6 @@ COLUMNS = [
 ]
 
 
-def make_photos(test: Path, folder: Path, count: int) -> str:
-    """count photo-like JPEGs under folder/<class>/, each an upscaled test image; returns a
-    description of the corpus (sizes, bits per pixel)."""
-    rng = np.random.default_rng(0)
-    sources = sorted(test.rglob("*.jpg"))
-    picks = rng.choice(len(sources), size=count, replace=False)
-    long_sides = np.clip(np.exp(rng.normal(np.log(430), 0.5, count)), 200, 2400).astype(int)
-    long_sides[0] = 2400
-    bits, sides = [], []
-    for index, (pick, long_side) in enumerate(zip(picks, long_sides, strict=True)):
-        source = sources[pick]
-        aspect = rng.choice([4 / 3, 3 / 2, 16 / 9]) if index else 3 / 2
-        width, height = long_side, int(long_side / aspect)
-        if index and rng.random() < 0.3:
-            width, height = height, width
-        pixels = np.asarray(Image.open(source).convert("RGB").resize((width, height), Image.BICUBIC), np.float32)
-        pixels += rng.normal(0, 6, pixels.shape)  # sensor noise: flat upscales compress unlike photos
-        photo = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-        target = folder / source.parent.name / f"photo{index:05d}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        kind = index % 10
-        if kind == 1:
-            photo.save(target, quality=90, progressive=True)
-        elif kind == 2:
-            exif = Image.Exif()
-            exif[0x0112] = 6  # stored turned left; viewers (and cifar predict) turn it back
-            photo.rotate(90, expand=True).save(target, quality=90, exif=exif)
-        else:
-            photo.save(target, quality=90)
-        bits.append(target.stat().st_size * 8 / (width * height))
-        sides.append(max(width, height))
-    return (
-        f"{count:,} photos, long side median {np.median(sides):.0f} px (largest 2400x1600), "
-        f"{np.median(bits):.1f} bits per pixel (median)"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--yolo", type=Path, required=True, help="the yolo command of an Ultralytics venv")
@@ -105,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = os.cpu_count()
     model_path, _ = choose_bundled_model(None)
-    model = OnnxClassifier(model_path, threads)
+    model = OnnxClassifier(model_path, threads=1)  # as cifar predict's workers share it
 
     lines = []
     with tempfile.TemporaryDirectory() as temp:
@@ -135,7 +97,7 @@ def main() -> None:
                     runs[key].append(whole_command(command, ULTRALYTICS_ENVIRONMENT))
             best = {key: min(times) for key, times in runs.items()}  # (seconds, peak RSS MB)
             images, decode_rate = decode_images(files, model.info.input_size, threads)
-            ort_rate = inference_rate(model, images)
+            ort_rate = inference_rate(model, images, workers=threads)
             our_rate = len(files) / best["ours"][0]
             their_rss = max(best[size][1] for size in yolo_models)
             their_rates = {size: len(files) / best[size][0] for size in yolo_models}

@@ -130,11 +130,11 @@ class TorchClassifier(Classifier):
 
 
 class OnnxClassifier(Classifier):
-    def __init__(self, path: "str | Path", threads: int = 0, beside_decoding: bool = False):
+    def __init__(self, path: "str | Path", threads: int = 0):
         from cifarcli.onnx_model import open_onnx_model
 
         self.source = str(path)
-        self.info, self.session = open_onnx_model(path, threads, beside_decoding)
+        self.info, self.session = open_onnx_model(path, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:

@@ -327,13 +327,16 @@ def predict_command(
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="An .onnx model [the bundled CIFAR-10 model].")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.", min=1)] = 256,
+    # predict.PREDICT_BATCH, written out so that --help imports no numpy
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call, per worker.", min=1)] = 64,
     top_k: Annotated[int, typer.Option(help="Also list the k most likely classes.", min=1)] = 1,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write rows to a .csv, .json or .jsonl file.")
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")] = True,
-    threads: Annotated[int, typer.Option(help="Decode threads and ONNX Runtime threads [all cores].", min=0)] = 0,
+    threads: Annotated[
+        int, typer.Option(help="Worker threads, each decoding and classifying whole batches [all cores].", min=0)
+    ] = 0,
     min_confidence: Annotated[
         float, typer.Option(help="Label an image 'unsure' when its top class's confidence is below this.", min=0, max=1)
     ] = 0.0,
@@ -361,7 +364,7 @@ def predict_command(
             raise CifarError(f"--precision {precision}: chooses between the bundled models; drop it with --model")
         elif model.suffix.lower() != ".onnx":
             raise CifarError(f"--model {model}: predict takes an .onnx model; run `cifar export {model}` first")
-        classifier = OnnxClassifier(model, threads, beside_decoding=True)
+        classifier = OnnxClassifier(model, threads=1)  # the workers are the parallelism
         files = discover_images(paths, recursive)
         if not files:
             raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")

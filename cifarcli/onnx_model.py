@@ -104,13 +104,9 @@ def explain_load_failure(error: Exception, path: Path) -> str:
     )
 
 
-def open_onnx_model(path: "str | Path", threads: int = 0, beside_decoding: bool = False):
+def open_onnx_model(path: "str | Path", threads: int = 0):
     """(description, ONNX Runtime session) of a cifarcli export, or a one-line CifarError.
-
-    beside_decoding: the session shares the cores with image-decoding threads (cifar predict).
-    ONNX Runtime's threads then sleep between operators instead of spinning, leaving the cores to
-    the decoders: whole `cifar predict` commands ran 4-8% (CIFAR JPEGs) and 7-15% (photos) more
-    images/s in two runs (benchmarks/ort_spinning.py). Elsewhere ONNX Runtime keeps its default."""
+    threads: ONNX Runtime's intra-op threads (0: its default, one per core)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -122,8 +118,6 @@ def open_onnx_model(path: "str | Path", threads: int = 0, beside_decoding: bool 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    if beside_decoding:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         # From bytes, not the path: ONNX Runtime then cannot resolve external data next to it.
         session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])

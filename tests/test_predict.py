@@ -85,12 +85,20 @@ def test_predictions_match_the_model_on_the_same_images(image_folder, exported, 
     assert all(len(row["top_k"]) == 2 and row["top_k"][0]["label"] == row["label"] for row in rows)
 
 
-def test_a_session_beside_decoding_sleeps_between_operators_and_gives_the_same_logits(exported, dataset):
-    sleeping = OnnxClassifier(exported, beside_decoding=True)  # as cifar predict opens its model
-    options = sleeping.session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    images = dataset.test.images[:64]
-    assert np.array_equal(sleeping.predict_logits(images), OnnxClassifier(exported).predict_logits(images))
+def test_workers_sharing_one_session_keep_file_order_and_report_bad_files_in_place(
+    image_folder, exported, dataset, tmp_path
+):
+    files = discover_images([str(image_folder / "test")])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    given = [*files[:13], broken, *files[13:]]
+    model = OnnxClassifier(exported, threads=1)  # as cifar predict opens it
+    rows = list(predict_files(model, given, batch_size=8, workers=3))
+    assert [row.path for row in rows] == [str(path) for path in given]
+    assert rows[13].error and not rows[13].label
+    expected = model.predict_logits(dataset.test.images).argmax(1)  # same file order as the split
+    predicted = [dataset.classes.index(row.label) for row in rows if not row.error]
+    assert predicted == expected.tolist()
 
 
 def test_json_output_is_a_valid_array_and_stdout_json_has_every_row(image_folder, exported, tmp_path):
