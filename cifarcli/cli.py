@@ -243,7 +243,8 @@ def evaluate_command(
     tta: Annotated[
         bool, typer.Option("--tta/--no-tta", help="Test-time augmentation at the model recipe's level.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 500,
+    # classifier.EVAL_BATCH, written out so that --help imports no numpy
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 100,
     out: Annotated[Path | None, typer.Option(help="Write metrics.json and confusion.png here.")] = None,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
