@@ -67,7 +67,7 @@ def predict_workloads(args, temp: Path) -> list[tuple[str, list[str], int]]:
 
 
 def evaluate_workloads(args, temp: Path) -> list[tuple[str, list[str], int]]:
-    arguments = ["evaluate", str(args.checkpoint), "--data", str(args.data), "--tta"]
+    arguments = ["evaluate", str(args.checkpoint.resolve()), "--data", str(args.data), "--tta"]
     shown = f"`cifar evaluate {args.checkpoint} --data {args.data.name} --tta`, 10,000 test images"
     return [(shown, arguments, 10_000)]
 
