@@ -6,7 +6,10 @@ Time goals are ratios to Keller Jordan's airbench94 run on the same machine in t
 (../shared/tools/airbench_reference.py; its timer counts training only), because machines here
 differ by up to 3x and micro-benchmark factors drift. `--reference-epochs 3` runs a short
 reference and uses its estimate for 9.9 epochs (the mean of its epochs after the first).
-The machine must be otherwise idle: with 2 cores, anything beside it halves it.
+The reference runs before and after `cifar train`, and the ratio is to the mean of the two: this
+host's speed drifts by up to 2x within minutes, and a drift that runs one way through the
+sitting then weighs on both sides alike. The machine must be otherwise idle: with 2 cores,
+anything beside it halves it.
 """
 
 import argparse
@@ -33,15 +36,22 @@ def main() -> None:
 
     reference_command = [sys.executable, str(REFERENCE), "--epochs", str(args.reference_epochs)]
     reference_command += ["--seed", str(args.seed)]
-    output = subprocess.run(reference_command, stdout=subprocess.PIPE, text=True, check=True).stdout
-    reference = json.loads(output.strip().splitlines()[-1])
-    reference_s = reference["full_run_s_estimate"]  # its own timer for 9.9 epochs, or the estimate
-    reference_acc = f"{reference['tta_acc']:.2%}" if args.reference_epochs == 9.9 else "estimated from a short run"
 
+    def run_reference() -> dict:
+        output = subprocess.run(reference_command, stdout=subprocess.PIPE, text=True, check=True).stdout
+        return json.loads(output.strip().splitlines()[-1])
+
+    before = run_reference()
     command = ["cifar", "train", "--data", args.data, "--seed", str(args.seed), "--precision", args.precision]
     result, wall_s, shown = timed_cifar_train(command, args.data)
+    after = run_reference()
+    # Its own timer for 9.9 epochs, or the estimate from a short run.
+    times = [reference["full_run_s_estimate"] for reference in (before, after)]
+    reference_s = sum(times) / 2
+    accuracies = f"{before['tta_acc']:.2%} / {after['tta_acc']:.2%}" if args.reference_epochs == 9.9 else "estimated"
     row = (
-        f"| {today()} | {machine()} | {reference_s:.0f} ({reference_acc}; {args.reference_epochs:g} epochs run) | "
+        f"| {today()} | {machine()} | {times[0]:.0f} before, {times[1]:.0f} after: {reference_s:.0f} "
+        f"({accuracies}; {args.reference_epochs:g} epochs run) | "
         f"`{shown}` ({result['precision']}) | {result['train_seconds']:.0f} | {wall_s:.0f} | "
         f"{result['test_acc_tta']:.2%} | {result['train_seconds'] / reference_s:.2f} |"
     )
