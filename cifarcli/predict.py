@@ -188,9 +188,9 @@ def predict_files(
     model itself; open the classifier with one ONNX Runtime thread, as cifar predict does. Every
     core then does whole batches, with no hand-off between decoding threads and a model that
     splits each operator across the cores: whole commands ran 34% (CIFAR JPEGs) and 13% (photos)
-    more images/s than with that split on two cores (BENCHMARKS.md). At most two batches per worker are in flight, so memory stays flat however
-    many files. A top confidence below min_confidence is labelled UNSURE; the row keeps that
-    confidence and the top-k candidates."""
+    more images/s than with that split on two cores (BENCHMARKS.md). At most two batches per
+    worker are in flight, so memory stays flat however many files. A top confidence below
+    min_confidence is labelled UNSURE; the row keeps that confidence and the top-k candidates."""
     workers = workers or os.cpu_count() or 1
     top_k = max(1, min(top_k, len(classifier.info.classes)))
     # A folder of a few images still gives every worker a share.
