@@ -16,8 +16,8 @@ from cifarcli.checkpoint import ModelInfo
 from cifarcli.errors import CifarError
 
 # One batch size for training's scores and `cifar evaluate`, so that both run the same kernels
-# and pick the same images for TTA. fp32 scoring of the default model ran about 20% faster at
-# 64-125 than at 500 on 2 cores (BENCHMARKS.md); 100 divides the test split and its quarter.
+# and pick the same images for TTA. A plain fp32 pass of the default model ran 1.27x faster at
+# 100 than at 500 on 2 cores (BENCHMARKS.md); 100 divides the test split and its quarter.
 EVAL_BATCH = 100
 # TTA's extra views go to this fraction of each batch, the images whose two best logits are
 # closest: on six default runs a quarter gave 90.81% against full TTA's 90.86% (89.73% plain)

@@ -27,6 +27,17 @@ def test_help_does_not_import_torch():
     assert "train" in completed.stdout and "predict" in completed.stdout
 
 
+def test_batch_size_defaults_written_out_in_the_cli_are_the_modules_constants():
+    import inspect
+
+    from cifarcli.classifier import EVAL_BATCH
+    from cifarcli.cli import evaluate_command, predict_command
+    from cifarcli.predict import PREDICT_BATCH
+
+    assert inspect.signature(evaluate_command).parameters["batch_size"].default == EVAL_BATCH
+    assert inspect.signature(predict_command).parameters["batch_size"].default == PREDICT_BATCH
+
+
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"cifarcli {__version__}"
