@@ -24,6 +24,7 @@ from common import (
     ROOT,
     SHARED_DATA,
     append_to_benchmarks,
+    compile_package,
     decode_images,
     inference_rate,
     machine,
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     args = parser.parse_args()
+    compile_package()
     classifier = OnnxClassifier(args.model, threads=1)  # as cifar predict's workers share it
     size = classifier.info.input_size
 

@@ -32,6 +32,7 @@ from common import (
     ROOT,
     SHARED_DATA,
     append_to_benchmarks,
+    compile_package,
     machine,
     make_photos,
     today,
@@ -109,6 +110,8 @@ def main() -> None:
         temp = Path(temp)
         worktree = temp / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.baseline], cwd=ROOT, check=True)
+        compile_package(ROOT)
+        compile_package(worktree)
         try:
             for described, arguments, images in args.workloads(args, temp, worktree):
                 command = [sys.executable, "-m", "cifarcli", *arguments]

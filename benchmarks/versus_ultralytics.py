@@ -11,8 +11,9 @@ pretrained weights are a download these machines cannot make, and the speed does
 the weights. The ratio is taken against the faster of the two. Ultralytics runs as a user would run it on a folder
 (`yolo classify predict model=... source=DIR/*/*.jpg save=False verbose=False`, its defaults
 otherwise), `cifar predict DIR -o rows.csv` with no --model (the bundled model it picks for this
-CPU). Each command runs whole, interpreter start included, alternating, --repeats times; a row
-gives the faster run of each and its peak RSS.
+CPU), its package byte-compiled first as an installed copy is. Each command runs whole,
+interpreter start included, alternating, --repeats times; a row gives the faster run of each and
+its peak RSS.
 
 Corpora: the 10,000 CIFAR test JPEGs (32 px), and N photo-sized JPEGs made from test images:
 upscaled to a long side drawn around 430 px (one at 2400x1600), with sensor-like noise so that
@@ -32,6 +33,7 @@ from common import (
     ROOT,
     SHARED_DATA,
     append_to_benchmarks,
+    compile_package,
     decode_images,
     inference_rate,
     machine,
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     args = parser.parse_args()
+    compile_package()
     threads = os.cpu_count()
     model_path, _ = choose_bundled_model(None)
     model = OnnxClassifier(model_path, threads=1)  # as cifar predict's workers share it
