@@ -11,7 +11,7 @@ The baseline runs from a temporary git worktree at that commit, with this checko
              (startup); MODEL is this checkout's bundled choice for this CPU, copied into the
              worktree's assets folder so that both sides load the same bytes as a bundled model
              (a file from elsewhere gets the onnx checker, about 0.1 s and 20 MB more; rows
-             before 2026-11-29 08:50 gave the baseline that handicap), so a row measures the
+             before 2026-11-29 08:38 gave the baseline that handicap), so a row measures the
              code alone
   evaluate   `cifar evaluate CHECKPOINT --data DATA --tta` on the 10,000 test images (the
              decoded-pixel cache warm): training's final scoring, as a user reruns it
