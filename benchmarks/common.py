@@ -93,7 +93,7 @@ def whole_command(
 
     A small probe interpreter runs the command, so that its children's peak RSS is the command's
     alone (a child forked from this process would count this process's pages), and times it
-    itself: until 2026-11-29 09:11 the probe's own start, about 30 ms, was in the wall time."""
+    itself, so that the probe's own start is not in the wall time."""
     probe = subprocess.run(
         [sys.executable, "-c", PROBE, *command], stdout=subprocess.PIPE, text=True, check=True, env=environment, cwd=cwd
     )

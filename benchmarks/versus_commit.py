@@ -10,9 +10,8 @@ The baseline runs from a temporary git worktree at that commit, with this checko
              generated photo-sized JPEGs (common.make_photos) and on the first of those alone
              (startup); MODEL is this checkout's bundled choice for this CPU, copied into the
              worktree's assets folder so that both sides load the same bytes as a bundled model
-             (a file from elsewhere gets the onnx checker, about 0.1 s and 20 MB more; rows
-             before 2026-11-29 08:38 gave the baseline that handicap), so a row measures the
-             code alone
+             (a file from elsewhere gets the onnx checker, about 0.1 s and 20 MB more), so a
+             row measures the code alone
   evaluate   `cifar evaluate CHECKPOINT --data DATA --tta` on the 10,000 test images (the
              decoded-pixel cache warm): training's final scoring, as a user reruns it
 Each command runs whole, interpreter start included, alternating which goes first, --repeats
@@ -110,9 +109,9 @@ def main() -> None:
         temp = Path(temp)
         worktree = temp / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.baseline], cwd=ROOT, check=True)
-        compile_package(ROOT)
-        compile_package(worktree)
         try:
+            compile_package(ROOT)
+            compile_package(worktree)
             for described, arguments, images in args.workloads(args, temp, worktree):
                 command = [sys.executable, "-m", "cifarcli", *arguments]
                 runs = {"baseline": [], "this": []}

@@ -188,10 +188,10 @@ def predict_files(
     model itself; open the classifier with one ONNX Runtime thread, as cifar predict does. Every
     core then does whole batches, with no hand-off between decoding threads and a model that
     splits each operator across the cores: whole commands ran 1.27x (CIFAR JPEGs) and 1.10x
-    (photos) the images/s of that split on two cores, cifar predict's gc.freeze (1.03-1.04x)
+    (photos) the images/s of that split on two cores, a garbage-collector freeze (1.03-1.04x)
     included (BENCHMARKS.md). At most two batches per worker are in flight, so memory stays flat
-    however many files. A top confidence below
-    min_confidence is labelled UNSURE; the row keeps that confidence and the top-k candidates."""
+    however many files. A top confidence below min_confidence is labelled UNSURE; the row keeps
+    that confidence and the top-k candidates."""
     workers = workers or os.cpu_count() or 1
     top_k = max(1, min(top_k, len(classifier.info.classes)))
     # A folder of a few images still gives every worker a share.
