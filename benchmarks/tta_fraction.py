@@ -1,9 +1,10 @@
 """How much of TTA's gain survives when only the least sure images get the extra views?
 
-    python benchmarks/tta_fraction.py [--models A.pt B.pt ...] [--data PATH]
+    python benchmarks/tta_fraction.py [--models A.pt B.pt ...] [--data PATH] [--precision fp32|bf16]
 
 For each model, scores the test split once per TTA view (level 2: the image, its mirror, two
-one-pixel translations and their mirrors, in fp32); then, for each fraction, the accuracy when
+one-pixel translations and their mirrors, in fp32 or, with --precision bf16, under bf16 autocast as
+training's estimates are scored); then, for each fraction, the accuracy when
 only that fraction of each batch of EVAL_BATCH images (those whose two best logits are closest)
 gets the weighted sum of the views, and the cost in passes over the data. Appends one row per
 fraction (each model's accuracy and their mean) to BENCHMARKS.md. Chose
@@ -15,6 +16,7 @@ import os
 import time
 
 import numpy as np
+import torch
 from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
 
 from cifarcli.classifier import EVAL_BATCH, TorchClassifier, least_sure, tta_views
@@ -47,14 +49,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=[str(ROOT / "benchmarks" / "default_model" / "model.pt")])
     parser.add_argument("--data", default=str(SHARED_DATA))
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
 
     test = load_dataset(args.data).test
     scored = []
     for path in args.models:
         started = time.perf_counter()
-        scored.append(views_by_batch(TorchClassifier.from_checkpoint(path), test.images))
-        print(f"{path}: 6 views of {len(test)} images in {time.perf_counter() - started:.0f} s", flush=True)
+        classifier = TorchClassifier.from_checkpoint(path)
+        classifier.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
+        scored.append(views_by_batch(classifier, test.images))
+        seconds = time.perf_counter() - started
+        print(f"{path}: 6 views of {len(test)} images in {args.precision} in {seconds:.0f} s", flush=True)
 
     shown = ", ".join(f"`{os.path.relpath(path, ROOT)}`" for path in args.models)
     rows = []
@@ -62,11 +68,11 @@ def main() -> None:
         accuracies = [accuracy_with_fraction(batches, test.labels, fraction) for batches in scored]
         each = " / ".join(f"{acc:.2%}" for acc in accuracies)
         rows.append(
-            f"| {today()} | {machine()} | {shown} | {fraction:.0%} | {1 + 5 * fraction:.2f} | {each} | "
-            f"{np.mean(accuracies):.2%} |"
+            f"| {today()} | {machine()} | {shown} | {args.precision} | {fraction:.0%} | {1 + 5 * fraction:.2f} | "
+            f"{each} | {np.mean(accuracies):.2%} |"
         )
         print(rows[-1])
-    columns = ["date", "machine", "models", "images given the views", "passes", "test acc of each", "mean"]
+    columns = ["date", "machine", "models", "scored in", "images given the views", "passes", "test acc of each", "mean"]
     append_to_benchmarks("TTA on the least sure images (`benchmarks/tta_fraction.py`)", rows, columns)
 
 

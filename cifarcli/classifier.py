@@ -3,7 +3,8 @@
     classifier.predict_logits(uint8 images (N, H, W, 3)) -> float32 logits (N, classes)
 
 Test-time augmentation is defined here once, on uint8 pixels, so that training's final
-figure, `cifar evaluate` of a .pt and `cifar evaluate` of an .onnx agree to the image.
+figure and `cifar evaluate` of its .pt agree to the image, and an .onnx export agrees with the
+.pt scored in fp32.
 This module imports torch only inside TorchClassifier.
 """
 
@@ -71,6 +72,7 @@ def tta_views(images: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
 class Classifier:
     info: ModelInfo
     source: str
+    runtime: str  # what computes the logits, as reports name it: "PyTorch bf16", "ONNX Runtime"
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -97,35 +99,40 @@ class Classifier:
 
 
 class TorchClassifier(Classifier):
-    """fp32, channels_last, as training scores its model: the same kernels give the same logits.
-    An autocast dtype makes a faster, inexact one (training's per-epoch estimates)."""
+    """channels_last, under autocast in the given precision, as training scores its model: the
+    same kernels give the same logits. fp32 gives the figures an ONNX export reproduces."""
 
-    def __init__(self, model, info: ModelInfo, source: str = "model", device: str = "cpu", autocast_dtype=None):
+    def __init__(self, model, info: ModelInfo, source: str = "model", device: str = "cpu", precision: str = "fp32"):
         import torch
 
         self.model, self.info, self.source = model, info, source
         self.device = torch.device(device)
-        self.autocast_dtype = autocast_dtype
+        self.precision = precision
+        self.runtime = f"PyTorch {precision}"
 
     @classmethod
-    def from_checkpoint(cls, path: "str | Path", device: str = "cpu") -> "TorchClassifier":
+    def from_checkpoint(cls, path: "str | Path", device: str = "cpu", precision: str = "fp32") -> "TorchClassifier":
+        """precision "auto" scores as `cifar train` scored the checkpoint (scoring_precision)."""
         import torch
 
         from cifarcli.checkpoint import build_model, load_checkpoint
+        from cifarcli.run import scoring_precision
 
         payload = load_checkpoint(path)
         model = build_model(payload["info"], payload["model"], str(path))
         model = model.to(device, memory_format=torch.channels_last)
-        return cls(model, payload["info"], str(path), device)
+        return cls(model, payload["info"], str(path), device, scoring_precision(precision, payload["info"], device))
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         import torch
+
+        from cifarcli.run import autocast_dtype_of
 
         was_training = self.model.training
         self.model.eval()
         inputs = torch.from_numpy(to_model_input(images)).to(self.device)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-        dtype = self.autocast_dtype
+        dtype = autocast_dtype_of(self.precision)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             logits = self.model(inputs).float().cpu().numpy()
         self.model.train(was_training)
@@ -133,6 +140,8 @@ class TorchClassifier(Classifier):
 
 
 class OnnxClassifier(Classifier):
+    runtime = "ONNX Runtime"
+
     def __init__(self, path: "str | Path", threads: int = 0):
         from cifarcli.onnx_model import open_onnx_model
 
@@ -144,14 +153,17 @@ class OnnxClassifier(Classifier):
         return self.session.run(None, {self.input_name: to_model_input(images)})[0]
 
 
-def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0) -> Classifier:
-    """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint."""
+def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0, precision: str = "fp32") -> Classifier:
+    """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint, scored
+    in the given precision ("auto": as `cifar train` scored it)."""
     path = Path(path)
     if not path.is_file():
         raise CifarError(f"{path}: no such model file (give a .pt checkpoint or an .onnx model)")
     if path.suffix.lower() == ".onnx":
+        if precision not in ("auto", "fp32"):
+            raise CifarError(f"--precision {precision}: applies to .pt checkpoints; {path} runs as it was exported")
         return OnnxClassifier(path, threads)
-    return TorchClassifier.from_checkpoint(path, device)
+    return TorchClassifier.from_checkpoint(path, device, precision)
 
 
 def predict_in_batches(classifier: Classifier, images: np.ndarray, batch_size: int, tta: int = 0, on_batch=None):
