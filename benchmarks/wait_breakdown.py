@@ -4,9 +4,9 @@
 
 Times, in this process, what a run does besides its steps: the imports, loading the decoded
 data from the cache, setup() (pixel statistics, model, whitening, padded images), one epoch's
-estimate on the sample of the test split, and the final exact scoring of the whole split (plain
-and TTA in one pass), both in the training precision. Weights do not change these times, so
-the model is as setup() builds it. Prints; the figures go to BENCHMARKS.md by hand, beside a run's wall time.
+estimate on the sample of the test split in the training precision, and the final exact scoring
+(fp32, plain and TTA in one pass). Weights do not change these times, so the model is as
+setup() builds it. Prints; the figures go to BENCHMARKS.md by hand, beside a run's wall time.
 """
 
 import argparse
@@ -51,10 +51,10 @@ def main() -> None:
         for _ in range(2):
             timed(
                 f"one epoch's estimate ({len(training.epoch_test)} images, {context.precision})",
-                lambda: predict_in_batches(training.classifier, training.epoch_test.images, EVAL_BATCH),
+                lambda: predict_in_batches(training.estimator, training.epoch_test.images, EVAL_BATCH),
             )
         timed(
-            f"the final scoring ({context.precision}, {len(dataset.test)} images, plain and TTA level {recipe.tta})",
+            f"the final scoring (fp32, {len(dataset.test)} images, plain and TTA level {recipe.tta})",
             lambda: predict_plain_and_tta_in_batches(training.classifier, dataset.test.images, EVAL_BATCH, recipe.tta),
         )
 

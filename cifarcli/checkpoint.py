@@ -34,7 +34,7 @@ class ModelInfo:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     epoch: int = 0
-    precision: str = "fp32"  # autocast of the training steps and of the scoring of metrics
+    precision: str = "fp32"  # autocast of the training steps; every recorded metric is scored in fp32
     val_fraction: float = 0.0  # > 0: trained on a ROOT/<class>/* folder whose test split held this out
     temperature: float = 1.0  # confidences are softmax(logits / temperature); fitted by `cifar export --data`
     version: str = __version__

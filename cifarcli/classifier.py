@@ -3,8 +3,7 @@
     classifier.predict_logits(uint8 images (N, H, W, 3)) -> float32 logits (N, classes)
 
 Test-time augmentation is defined here once, on uint8 pixels, so that training's final
-figure and `cifar evaluate` of its .pt agree to the image, and an .onnx export agrees with the
-.pt scored in fp32.
+figure, `cifar evaluate` of a .pt and `cifar evaluate` of an .onnx agree to the image.
 This module imports torch only inside TorchClassifier.
 """
 
@@ -72,7 +71,6 @@ def tta_views(images: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
 class Classifier:
     info: ModelInfo
     source: str
-    runtime: str  # what computes the logits, as reports name it: "PyTorch bf16", "ONNX Runtime"
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -99,40 +97,35 @@ class Classifier:
 
 
 class TorchClassifier(Classifier):
-    """channels_last, under autocast in the given precision, as training scores its model: the
-    same kernels give the same logits. fp32 gives the figures an ONNX export reproduces."""
+    """fp32, channels_last, as training scores its model: the same kernels give the same logits.
+    An autocast dtype makes a faster, inexact one (training's per-epoch estimates)."""
 
-    def __init__(self, model, info: ModelInfo, source: str = "model", device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, model, info: ModelInfo, source: str = "model", device: str = "cpu", autocast_dtype=None):
         import torch
 
         self.model, self.info, self.source = model, info, source
         self.device = torch.device(device)
-        self.precision = precision
-        self.runtime = f"PyTorch {precision}"
+        self.autocast_dtype = autocast_dtype
 
     @classmethod
-    def from_checkpoint(cls, path: "str | Path", device: str = "cpu", precision: str = "fp32") -> "TorchClassifier":
-        """precision "auto" scores as `cifar train` scored the checkpoint (scoring_precision)."""
+    def from_checkpoint(cls, path: "str | Path", device: str = "cpu") -> "TorchClassifier":
         import torch
 
         from cifarcli.checkpoint import build_model, load_checkpoint
-        from cifarcli.run import scoring_precision
 
         payload = load_checkpoint(path)
         model = build_model(payload["info"], payload["model"], str(path))
         model = model.to(device, memory_format=torch.channels_last)
-        return cls(model, payload["info"], str(path), device, scoring_precision(precision, payload["info"], device))
+        return cls(model, payload["info"], str(path), device)
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         import torch
-
-        from cifarcli.run import autocast_dtype_of
 
         was_training = self.model.training
         self.model.eval()
         inputs = torch.from_numpy(to_model_input(images)).to(self.device)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-        dtype = autocast_dtype_of(self.precision)
+        dtype = self.autocast_dtype
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             logits = self.model(inputs).float().cpu().numpy()
         self.model.train(was_training)
@@ -140,8 +133,6 @@ class TorchClassifier(Classifier):
 
 
 class OnnxClassifier(Classifier):
-    runtime = "ONNX Runtime"
-
     def __init__(self, path: "str | Path", threads: int = 0):
         from cifarcli.onnx_model import open_onnx_model
 
@@ -153,17 +144,14 @@ class OnnxClassifier(Classifier):
         return self.session.run(None, {self.input_name: to_model_input(images)})[0]
 
 
-def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0, precision: str = "fp32") -> Classifier:
-    """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint, scored
-    in the given precision ("auto": as `cifar train` scored it)."""
+def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0) -> Classifier:
+    """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CifarError(f"{path}: no such model file (give a .pt checkpoint or an .onnx model)")
     if path.suffix.lower() == ".onnx":
-        if precision not in ("auto", "fp32"):
-            raise CifarError(f"--precision {precision}: applies to .pt checkpoints; {path} runs as it was exported")
         return OnnxClassifier(path, threads)
-    return TorchClassifier.from_checkpoint(path, device, precision)
+    return TorchClassifier.from_checkpoint(path, device)
 
 
 def predict_in_batches(classifier: Classifier, images: np.ndarray, batch_size: int, tta: int = 0, on_batch=None):

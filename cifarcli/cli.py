@@ -246,12 +246,6 @@ def evaluate_command(
     ] = False,
     # classifier.EVAL_BATCH, written out so that --help imports no numpy
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 100,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="A .pt's scoring: auto (as training scored it, where this CPU runs that natively), fp32 or bf16."
-        ),
-    ] = "auto",
     out: Annotated[Path | None, typer.Option(help="Write metrics.json and confusion.png here.")] = None,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
@@ -262,7 +256,7 @@ def evaluate_command(
     from cifarcli.evaluate import evaluate, write_outputs
 
     with user_errors():
-        classifier = load_classifier(model, precision=precision)
+        classifier = load_classifier(model)
         val_fraction = val_fraction or classifier.info.val_fraction
         dataset = load_data(data, classifier.info.input_size, cache_dir, val_fraction)
         level = int(classifier.info.recipe.get("tta", 1)) if tta else 0

@@ -23,7 +23,6 @@ GALLERY_SIZE = 25  # most confident mistakes shown and listed
 @dataclass
 class Evaluation:
     model: str
-    scored_with: str  # the classifier's runtime: "PyTorch fp32", "PyTorch bf16", "ONNX Runtime"
     data: str
     split: str
     tta: int
@@ -168,7 +167,6 @@ def evaluate(
     ece, reliability = calibration(probabilities.max(1), predictions == data.labels)
     return Evaluation(
         model=classifier.source,
-        scored_with=classifier.runtime,
         data=dataset.source,
         split=split,
         tta=tta,

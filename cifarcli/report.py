@@ -84,8 +84,7 @@ class TrainDisplay:
     def start(self, context, model_name, epochs, steps_per_epoch):
         note(
             f"training [bold]{model_name}[/] for {epochs} epochs on {context.describe()} -> {context.run_dir}; "
-            "each epoch's test accuracy is a quick estimate, the last epoch's exact "
-            f"({context.precision}, whole test split)"
+            "each epoch's test accuracy is a quick estimate, the last epoch's exact (fp32, whole test split)"
         )
         self.epochs = epochs
         self.progress = new_progress(
@@ -138,7 +137,7 @@ def show_training_result(result) -> None:
     out.print(table)
     out.print(
         f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%} "
-        f"(scored in {result.precision}); training {result.train_seconds:.0f} s in {result.precision}"
+        f"(fp32); training {result.train_seconds:.0f} s in {result.precision}"
     )
     files = ", ".join(
         name
@@ -171,7 +170,7 @@ def show_evaluation(evaluation, written) -> None:
     tta = f", TTA level {evaluation.tta}" if evaluation.tta else ""
     out.print(
         f"[bold]{evaluation.model}[/] on the {evaluation.split} split of {evaluation.data} "
-        f"({evaluation.images:,} images{tta}, {evaluation.scored_with})",
+        f"({evaluation.images:,} images{tta})",
         highlight=False,
     )
     out.print(

@@ -105,15 +105,6 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def scoring_precision(requested: str, info, device: str) -> str:
-    """The precision to score a checkpoint in. auto: the one it trained in, which `cifar train`
-    also scored it in, where this device runs that natively, so that its figures reproduce to
-    the image; fp32 elsewhere."""
-    if requested == "auto":
-        return info.precision if info.precision == resolve_precision("auto", device) else "fp32"
-    return resolve_precision(requested, device)
-
-
 def prepare_run(
     device: str = "auto",
     precision: str = "auto",

@@ -6,13 +6,11 @@ Read top to bottom: `setup()` builds the model, optimizers and data tensors for 
 needs is in its Recipe (models.py). Progress goes to an `events` object (report.py draws it),
 so this module knows nothing of the terminal.
 
-Scoring runs in the training precision, as it does in Keras and Ultralytics: in bf16 on a CPU
-with native bf16 it is 2.5-3.5x faster than fp32, at the same accuracy (BENCHMARKS.md). Each
-epoch's test figure is an estimate for the user to watch: EPOCH_TEST_IMAGES test images, 1-3% of
-an epoch's time. The result (the last epoch's plain and TTA figures, and best.pt's) is exact:
-the whole test split, so that `cifar evaluate` of a checkpoint reproduces it to the image (its
---precision auto scores as training did; its ONNX export agrees with fp32). Each history row
-says which it is and in what precision.
+Scoring is split by purpose. Each epoch's test figure is an estimate for the user to watch:
+EPOCH_TEST_IMAGES test images in the training precision, 1-3% of an epoch's time. The
+result (the last epoch's plain and TTA figures, and best.pt's) is exact: the whole test split
+in fp32, whatever the training precision, so that `cifar evaluate` of a checkpoint and of its
+ONNX export reproduce it to the digit. Each history row says which it is.
 """
 
 import csv
@@ -153,21 +151,21 @@ def score_epoch(training: "Training", final: bool) -> dict:
     if final:
         plain, tta = predict_plain_and_tta_in_batches(t.classifier, test.images, EVAL_BATCH, t.recipe.tta)
         t.final_tta_acc = accuracy(tta, test.labels)
-        labels = test.labels
+        labels, scored_in = test.labels, "fp32"
     else:
-        plain = predict_in_batches(t.classifier, t.epoch_test.images, EVAL_BATCH)
-        labels = t.epoch_test.labels
+        plain = predict_in_batches(t.estimator, t.epoch_test.images, EVAL_BATCH)
+        labels, scored_in = t.epoch_test.labels, t.context.precision
     return {
         "test_loss": round(cross_entropy(plain, labels), 5),
         "test_acc": round(accuracy(plain, labels), 5),
         "test_images": len(labels),
-        "scored_in": t.classifier.precision,
+        "scored_in": scored_in,
     }
 
 
 def is_exact(row: dict, test_images: int) -> bool:
-    """Whether a history row's test figure is one `cifar evaluate` reproduces: the whole split."""
-    return row["test_images"] == test_images
+    """Whether a history row's test figure is one `cifar evaluate` reproduces."""
+    return row["test_images"] == test_images and row["scored_in"] == "fp32"
 
 
 # ---------------------------------------------------------------- training
@@ -177,8 +175,8 @@ def is_exact(row: dict, test_images: int) -> bool:
 class TrainResult:
     run_dir: Path
     history: list[dict]
-    test_acc: float  # final weights, no TTA, scored in the training precision
-    test_acc_tta: float  # final weights, with the recipe's TTA, scored in the training precision
+    test_acc: float  # final weights, no TTA, fp32
+    test_acc_tta: float  # final weights, with the recipe's TTA, fp32
     tta: int
     train_seconds: float
     precision: str  # of the training steps
@@ -194,7 +192,8 @@ class Training:
     info: ModelInfo  # the model's description, without metrics
     model: object  # the torch module
     network: object  # DDP around the model under torchrun, else the model itself
-    classifier: TorchClassifier  # scores the model in the training precision
+    classifier: TorchClassifier  # scores the model in fp32: the exact figures
+    estimator: TorchClassifier  # scores it in the training precision: each epoch's estimate
     epoch_test: object  # the Split of test images that the estimates use
     optimizers: list
     lookahead: "Lookahead | None"
@@ -284,7 +283,8 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         info=info,
         model=model,
         network=wrap_model(model, context.device, context.ranks),
-        classifier=TorchClassifier(model, info, "training", context.device, context.precision),
+        classifier=TorchClassifier(model, info, "training", context.device),
+        estimator=TorchClassifier(model, info, "training", context.device, context.autocast_dtype),
         epoch_test=epoch_test_sample(dataset.test, EPOCH_TEST_IMAGES),
         optimizers=make_optimizers(model, recipe),
         lookahead=Lookahead(model) if recipe.lookahead else None,
@@ -400,7 +400,7 @@ def checkpoint_metrics(training: Training, row: dict) -> dict:
     if not is_exact(row, len(t.dataset.test)):
         estimated_on = f"{row['test_images']} test images in {row['scored_in']}"
         return {"epoch": row["epoch"], "estimated_test_acc": row["test_acc"], "estimated_on": estimated_on}
-    metrics = {key: row[key] for key in ("test_acc", "test_loss", "epoch", "scored_in")}
+    metrics = {"test_acc": row["test_acc"], "test_loss": row["test_loss"], "epoch": row["epoch"]}
     if row["epoch"] == t.epochs:
         metrics |= {
             "test_acc_tta": round(t.final_tta_acc, 5),
@@ -417,7 +417,7 @@ def finish(training: Training) -> TrainResult:
     last = t.history[-1]
     best_row = t.history[t.best_epoch - 1]
     if t.context.ranks.is_main and not is_exact(best_row, len(t.dataset.test)):
-        score_best_exactly(t.context.run_dir / "best.pt", t.dataset, t.context.device, t.context.precision)
+        score_best_exactly(t.context.run_dir / "best.pt", t.dataset, t.context.device)
     check_identical_weights(t.model, t.context.ranks)
     if t.context.ranks.is_main:
         plot_curves(t.context.run_dir / "curves.png", t.history)
@@ -432,11 +432,11 @@ def finish(training: Training) -> TrainResult:
     )
 
 
-def score_best_exactly(path: Path, dataset: Dataset, device: str, precision: str) -> None:
+def score_best_exactly(path: Path, dataset: Dataset, device: str) -> None:
     """Replace best.pt's estimate with its exact figures: those `cifar evaluate best.pt` gives."""
-    best = TorchClassifier.from_checkpoint(path, device, precision)
+    best = TorchClassifier.from_checkpoint(path, device)
     exact = evaluate(best, dataset)
-    metrics = {"test_acc": exact.accuracy, "test_loss": exact.loss, "epoch": best.info.epoch, "scored_in": precision}
+    metrics = {"test_acc": exact.accuracy, "test_loss": exact.loss, "epoch": best.info.epoch}
     save_checkpoint(path, best.model, ModelInfo(**{**best.info.to_dict(), "metrics": metrics}))
 
 
@@ -540,7 +540,8 @@ def write_config(path: Path, training: Training) -> None:
         "precision": context.precision,
         "processes": context.ranks.world,
         "threads": context.threads,
-        "epoch_test_images": len(training.epoch_test),  # each epoch's estimate; the last epoch's: the whole split
+        "epoch_test_images": len(training.epoch_test),  # each epoch's estimate, in the training precision
+        "result_scored_in": "fp32",  # the last epoch's figures and best.pt's: the whole test split
         "cifarcli": __version__,
     }
     atomic_write(path, lambda file: file.write((json.dumps(config, indent=2) + "\n").encode()))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifarcli.checkpoint import ModelInfo, load_checkpoint
+from cifarcli.checkpoint import load_checkpoint
 from cifarcli.errors import CifarError
 from cifarcli.models import REGISTRY, get_model_entry
 from cifarcli.optim import lr_factor, make_optimizers, orthogonalize
@@ -174,19 +174,13 @@ def test_final_figures_are_reproduced_by_the_checkpoint_and_its_onnx_export(prec
     assert result.precision == precision
     assert json.loads((tmp_path / "config.json").read_text())["precision"] == precision
     assert load_checkpoint(tmp_path / "last.pt")["info"].precision == precision
-    # The checkpoint scored in the training precision reproduces the run's figures.
-    as_trained = load_classifier(tmp_path / "last.pt", precision=precision)
-    assert evaluate(as_trained, dataset).accuracy == result.test_acc
-    assert evaluate(as_trained, dataset, tta=result.tta).accuracy == result.test_acc_tta
-    best = load_checkpoint(tmp_path / "best.pt")["info"]
-    best_as_trained = load_classifier(tmp_path / "best.pt", precision=precision)
-    assert best.metrics["scored_in"] == precision
-    assert evaluate(best_as_trained, dataset).accuracy == best.metrics["test_acc"]
-    # The ONNX export reproduces the checkpoint scored in fp32.
     export_checkpoint(tmp_path / "last.pt", tmp_path / "model.onnx", dataset=dataset)
-    for level in (0, result.tta):
-        in_fp32 = evaluate(load_classifier(tmp_path / "last.pt"), dataset, tta=level).accuracy
-        assert evaluate(load_classifier(tmp_path / "model.onnx"), dataset, tta=level).accuracy == in_fp32, level
+    for path in (tmp_path / "last.pt", tmp_path / "model.onnx"):
+        classifier = load_classifier(path)
+        assert evaluate(classifier, dataset).accuracy == result.test_acc, path
+        assert evaluate(classifier, dataset, tta=result.tta).accuracy == result.test_acc_tta, path
+    best = load_checkpoint(tmp_path / "best.pt")["info"]
+    assert evaluate(load_classifier(tmp_path / "best.pt"), dataset).accuracy == best.metrics["test_acc"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -194,14 +188,15 @@ def test_epochs_before_the_last_are_estimated_on_a_sample_and_say_so(precision, 
     from dataclasses import replace
 
     import cifarcli.train as training
-    from cifarcli.classifier import load_classifier
+    from cifarcli.classifier import TorchClassifier, load_classifier
     from cifarcli.evaluate import evaluate
+    from cifarcli.run import autocast_dtype_of
 
     monkeypatch.setattr(training, "EPOCH_TEST_IMAGES", 40)  # of the 90 test images
     recipe = get_model_entry("tutorial").recipe.override(epochs=3, batch_size=32, lr=0.05)
     result = train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path / "whole"))
     scored = [(row["test_images"], row["scored_in"]) for row in result.history]
-    assert scored == [(40, precision), (40, precision), (90, precision)]
+    assert scored == [(40, precision), (40, precision), (90, "fp32")]
     assert json.loads((tmp_path / "whole" / "config.json").read_text())["epoch_test_images"] == 40
 
     class StopAfterEpoch1:
@@ -219,11 +214,12 @@ def test_epochs_before_the_last_are_estimated_on_a_sample_and_say_so(precision, 
     assert "test_acc" not in metrics and metrics["estimated_on"] == f"40 test images in {precision}"
     # The estimate is that sample's figure in the training precision, to the image.
     sample = replace(dataset, test=training.epoch_test_sample(dataset.test, 40))
-    in_training_precision = load_classifier(best, precision=precision)
+    saved = load_classifier(best)
+    in_training_precision = TorchClassifier(saved.model, saved.info, autocast_dtype=autocast_dtype_of(precision))
     assert metrics["estimated_test_acc"] == evaluate(in_training_precision, sample).accuracy
-    training.score_best_exactly(best, dataset, "cpu", precision)
+    training.score_best_exactly(best, dataset, "cpu")
     metrics = load_checkpoint(best)["info"].metrics
-    assert metrics["test_acc"] == evaluate(in_training_precision, dataset).accuracy and metrics["epoch"] == 1
+    assert metrics["test_acc"] == evaluate(load_classifier(best), dataset).accuracy and metrics["epoch"] == 1
 
 
 def test_bf16_training_steps_differ_from_fp32(dataset, tmp_path):
@@ -244,20 +240,6 @@ def test_precision_is_decided_by_the_hardware_or_refused_in_one_line():
         resolve_precision("fp16", "cpu")
     with pytest.raises(CifarError, match="--precision fp8: choose auto, fp32, bf16, fp16"):
         resolve_precision("fp8", "cpu")
-
-
-def test_a_checkpoint_is_scored_as_it_trained_only_where_that_runs_natively():
-    from dataclasses import replace
-
-    from cifarcli.hardware import cpu_has_native_bf16
-    from cifarcli.run import scoring_precision
-
-    info = ModelInfo("tutorial", ["a", "b"], 32, [0.5] * 3, [0.25] * 3, {})
-    native_bf16 = "bf16" if cpu_has_native_bf16() else "fp32"
-    assert scoring_precision("auto", replace(info, precision="bf16"), "cpu") == native_bf16
-    assert scoring_precision("auto", replace(info, precision="fp16"), "cpu") == "fp32"  # trained on a GPU
-    assert scoring_precision("auto", replace(info, precision="fp32"), "cpu") == "fp32"
-    assert scoring_precision("bf16", replace(info, precision="fp32"), "cpu") == "bf16"
 
 
 def test_training_gives_the_process_back_as_it_found_it(dataset, tmp_path):
