@@ -157,6 +157,8 @@ def airbench_net(num_classes, mean, std, widths, activation="gelu"):
     import torch
     from torch import nn
 
+    from cifarcli.small_map_conv import Conv3x3
+
     act = {"gelu": nn.GELU, "relu": nn.ReLU}[activation]
 
     def batch_norm(channels):
@@ -166,7 +168,7 @@ def airbench_net(num_classes, mean, std, widths, activation="gelu"):
         return norm
 
     def conv(cin, cout):
-        layer = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        layer = Conv3x3(cin, cout)
         with torch.no_grad():  # identity (Dirac) init on the first cin filters
             nn.init.dirac_(layer.weight[:cin])
         return layer

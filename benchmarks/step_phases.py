@@ -1,0 +1,205 @@
+"""Where a training step of the default model goes, and whether its convolutions have a faster
+path (issue 14: what would buy the time that crops and Muon cannot).
+
+    python benchmarks/step_phases.py [--data PATH] [--precision auto] [--steps 6] [--rounds 2]
+
+1. The default recipe's own steps (setup() on the real data, the training loop's calls):
+   augmentation, forward, backward and the optimizers, timed apart at the crop size and the
+   full size, each with the weight gradients of small maps as training computes them
+   (cifarcli/small_map_conv.py) and with oneDNN's throughout, alternating, --rounds times; the
+   first step of each timing is a warm-up.
+2. Each 3x3 convolution of the default network at its training batch, on the maps of both
+   sizes (shapes taken from the model itself): oneDNN's forward, input gradient and weight
+   gradient, against the same three as one matrix product each on im2col'd channels_last
+   tensors (what AMX multiplies fastest).
+
+Appends one row per step size and path and one per convolution and part to BENCHMARKS.md.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from common import SHARED_DATA, append_to_benchmarks, machine, today
+
+from cifarcli import small_map_conv
+from cifarcli.data import load_dataset
+from cifarcli.models import DEFAULT_MODEL, get_model_entry
+from cifarcli.run import prepare_run, process_settings
+from cifarcli.small_map_conv import im2col_3x3
+from cifarcli.train import augment_batch, crop_size, flip_masks, setup
+
+PHASES = ("augmentation", "forward", "backward", "optimizers")
+SECTION = "Where a training step's time goes (`benchmarks/step_phases.py`)"
+COLUMNS = ["date", "machine", "command", "what", "precision", "milliseconds", "share or ratio"]
+
+
+def ms_per_call(work, calls: int = 3) -> float:
+    work()
+    started = time.perf_counter()
+    for _ in range(calls):
+        work()
+    return (time.perf_counter() - started) / calls * 1000
+
+
+# ---------------------------------------------------------------- 1. the recipe's steps
+
+
+def time_phases(training, size: int, steps: int) -> dict:
+    t, context = training, training.context
+    order = torch.randperm(len(t.labels), generator=t.generator)
+    flips = flip_masks(t.recipe.flip, t.flip_base, 0, t.generator)
+    totals = dict.fromkeys(PHASES, 0.0)
+    t.model.train()
+    for step in range(steps):
+        marks = [time.perf_counter()]
+        indices = order[step * t.batch_size : (step + 1) * t.batch_size]
+        inputs = augment_batch(t.padded, indices, size, flips[indices], t.generator)
+        inputs = inputs.float().div_(255).contiguous(memory_format=torch.channels_last)
+        marks.append(time.perf_counter())
+        dtype = context.autocast_dtype
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits = t.network(inputs).float()
+        loss = F.cross_entropy(logits, t.labels[indices], label_smoothing=t.recipe.label_smoothing)
+        marks.append(time.perf_counter())
+        t.model.zero_grad(set_to_none=True)
+        loss.backward()
+        marks.append(time.perf_counter())
+        for optimizer in t.optimizers:
+            optimizer.step()
+        marks.append(time.perf_counter())
+        if step:  # the first is a warm-up
+            for key, start, end in zip(totals, marks, marks[1:], strict=False):
+                totals[key] += (end - start) * 1000 / (steps - 1)
+    return totals
+
+
+# ---------------------------------------------------------------- 2. the convolutions
+
+
+def matmul_conv(x_nhwc, weight):
+    """A 3x3 convolution, stride 1, padding 1, as one matrix product: (N, H, W, C) -> (N, H, W, out)."""
+    n, h, w, c = x_nhwc.shape
+    return (im2col_3x3(x_nhwc) @ weight.permute(0, 2, 3, 1).reshape(len(weight), 9 * c).t()).view(n, h, w, -1)
+
+
+def matmul_weight_gradient(x_nhwc, grad_nhwc):
+    c, out = x_nhwc.shape[-1], grad_nhwc.shape[-1]
+    return (grad_nhwc.reshape(-1, out).t() @ im2col_3x3(x_nhwc)).view(out, 3, 3, c).permute(0, 3, 1, 2)
+
+
+def matmul_input_gradient(grad_nhwc, weight):
+    """The input gradient is the convolution of the output gradient with the filters mirrored
+    and their channel axes swapped."""
+    return matmul_conv(grad_nhwc, weight.flip(2, 3).transpose(0, 1))
+
+
+def conv_shapes(model, size: int) -> list[tuple[int, int, int]]:
+    """(in channels, out channels, map size) of each 3x3 convolution, from a forward pass."""
+    shapes = []
+    hooks = [
+        module.register_forward_hook(
+            lambda m, inputs, out: shapes.append((m.in_channels, m.out_channels, out.shape[-1]))
+        )
+        for module in model.modules()
+        if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3)
+    ]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def time_convolution(batch: int, channels: int, out: int, size: int, dtype) -> dict:
+    x = torch.randn(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out, channels, 3, 3, dtype=dtype)
+    grad = torch.randn(batch, out, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x_nhwc, grad_nhwc = x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)
+
+    def onednn_backward(input_gradient: bool, weight_gradient: bool):
+        mask = [input_gradient, weight_gradient, False]
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+        )
+
+    expected_input, expected_weight, _ = onednn_backward(True, True)
+    checks = [
+        (matmul_input_gradient(grad_nhwc, weight).permute(0, 3, 1, 2), expected_input),
+        (matmul_weight_gradient(x_nhwc, grad_nhwc), expected_weight),
+    ]
+    for ours, theirs in checks:
+        error = ((ours.float() - theirs.float()).norm() / theirs.float().norm()).item()
+        assert error < 1e-2, f"the matrix-product path differs from oneDNN by {error:.1e}"
+    return {
+        "forward": (
+            ms_per_call(lambda: F.conv2d(x, weight, padding=1)),
+            ms_per_call(lambda: matmul_conv(x_nhwc, weight)),
+        ),
+        "input gradient": (
+            ms_per_call(lambda: onednn_backward(True, False)),
+            ms_per_call(lambda: matmul_input_gradient(grad_nhwc, weight)),
+        ),
+        "weight gradient": (
+            ms_per_call(lambda: onednn_backward(False, True)),
+            ms_per_call(lambda: matmul_weight_gradient(x_nhwc, grad_nhwc)),
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(SHARED_DATA))
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    command = (
+        f"`python benchmarks/step_phases.py --precision {args.precision} --steps {args.steps} --rounds {args.rounds}`"
+    )
+
+    dataset, recipe = load_dataset(args.data), get_model_entry(DEFAULT_MODEL).recipe
+    context = prepare_run("cpu", args.precision, run_dir=Path(tempfile.mkdtemp()))
+    rows = []
+    with process_settings(context):
+        training = setup(context, dataset, DEFAULT_MODEL, recipe)
+        full, crop = training.info.input_size, crop_size(0, training.info.input_size, recipe)
+        # The training's own path against oneDNN for every weight gradient, alternating.
+        paths = {"small maps' weight gradients by matmul": small_map_conv.SMALL_MAP, "oneDNN throughout": 0}
+        phases = {(size, path): dict.fromkeys(PHASES, 0.0) for size in (crop, full) for path in paths}
+        for _ in range(args.rounds):
+            for size, path in phases:
+                small_map_conv.SMALL_MAP = paths[path]
+                for key, ms in time_phases(training, size, args.steps).items():
+                    phases[size, path][key] += ms / args.rounds
+        small_map_conv.SMALL_MAP = paths["small maps' weight gradients by matmul"]
+        for (size, path), parts in phases.items():
+            total = sum(parts.values())
+            baseline = sum(phases[size, "oneDNN throughout"].values())
+            shares = ", ".join(f"{key} {ms:.0f} ms ({ms / total:.0%})" for key, ms in parts.items())
+            what = f"one step of batch {training.batch_size} at {size} px, {path}: {shares}"
+            rows.append(
+                f"| {today()} | {machine()} | {command} | {what} | {context.precision} | {total:.0f} | "
+                f"{baseline / total:.2f}x |"
+            )
+            print(rows[-1], flush=True)
+
+        dtype = context.autocast_dtype or torch.float32
+        shapes = sorted(set(conv_shapes(training.model, crop) + conv_shapes(training.model, full)), key=lambda s: -s[2])
+        for channels, out, size in shapes:
+            for part, (onednn, matmul) in time_convolution(training.batch_size, channels, out, size, dtype).items():
+                what = f"3x3 conv {channels}->{out} at {size} px, {part}: oneDNN / im2col + matmul"
+                ratio = f"{onednn / matmul:.2f}x"
+                rows.append(
+                    f"| {today()} | {machine()} | {command} | {what} | {context.precision} | "
+                    f"{onednn:.0f} / {matmul:.0f} | {ratio} |"
+                )
+                print(rows[-1], flush=True)
+    append_to_benchmarks(SECTION, rows, COLUMNS)
+
+
+if __name__ == "__main__":
+    main()
