@@ -1,22 +1,23 @@
 """Where a training step of the default model goes, and whether its convolutions have a faster
 path (issue 14: what would buy the time that crops and Muon cannot).
 
-    python benchmarks/step_phases.py [--data PATH] [--precision auto] [--steps 6] [--rounds 2]
+    python benchmarks/step_phases.py [--data PATH] [--precision auto] [--pairs 16]
 
 1. The default recipe's own steps (setup() on the real data, the training loop's calls):
    augmentation, forward, backward and the optimizers, timed apart at the crop size and the
-   full size, each with the weight gradients of small maps as training computes them
-   (cifarcli/small_map_conv.py) and with oneDNN's throughout, alternating, --rounds times; the
-   first step of each timing is a warm-up.
+   full size, with the weight gradients of small maps as training computes them
+   (cifarcli/small_map_conv.py) and with oneDNN's throughout, step by step in ABBA order
+   (--pairs of steps after one warm-up pair); the speed-up is the median over the pairs.
 2. Each 3x3 convolution of the default network at its training batch, on the maps of both
    sizes (shapes taken from the model itself): oneDNN's forward, input gradient and weight
    gradient, against the same three as one matrix product each on im2col'd channels_last
    tensors (what AMX multiplies fastest).
 
-Appends one row per step size and path and one per convolution and part to BENCHMARKS.md.
+Appends one row per step size and path, and one per convolution and part, to BENCHMARKS.md.
 """
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -48,33 +49,51 @@ def ms_per_call(work, calls: int = 3) -> float:
 # ---------------------------------------------------------------- 1. the recipe's steps
 
 
-def time_phases(training, size: int, steps: int) -> dict:
-    t, context = training, training.context
+def time_step(training, size: int, indices, flips) -> dict:
+    """Milliseconds of each phase of one training step on the given images."""
+    t, dtype = training, training.context.autocast_dtype
+    marks = [time.perf_counter()]
+    inputs = augment_batch(t.padded, indices, size, flips[indices], t.generator)
+    inputs = inputs.float().div_(255).contiguous(memory_format=torch.channels_last)
+    marks.append(time.perf_counter())
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        logits = t.network(inputs).float()
+    loss = F.cross_entropy(logits, t.labels[indices], label_smoothing=t.recipe.label_smoothing)
+    marks.append(time.perf_counter())
+    t.model.zero_grad(set_to_none=True)
+    loss.backward()
+    marks.append(time.perf_counter())
+    for optimizer in t.optimizers:
+        optimizer.step()
+    marks.append(time.perf_counter())
+    return {phase: (end - start) * 1000 for phase, start, end in zip(PHASES, marks[:-1], marks[1:], strict=True)}
+
+
+def compare_paths(training, size: int, pairs: int, paths: dict) -> tuple[dict, list[float]]:
+    """Steps alternating between the two paths (small_map_conv.SMALL_MAP values) in ABBA order,
+    because this host's speed drifts within seconds: each path's mean milliseconds per phase,
+    and per pair the first path's step time over the second's."""
+    t = training
+    t.model.train()
     order = torch.randperm(len(t.labels), generator=t.generator)
     flips = flip_masks(t.recipe.flip, t.flip_base, 0, t.generator)
-    totals = dict.fromkeys(PHASES, 0.0)
-    t.model.train()
-    for step in range(steps):
-        marks = [time.perf_counter()]
-        indices = order[step * t.batch_size : (step + 1) * t.batch_size]
-        inputs = augment_batch(t.padded, indices, size, flips[indices], t.generator)
-        inputs = inputs.float().div_(255).contiguous(memory_format=torch.channels_last)
-        marks.append(time.perf_counter())
-        dtype = context.autocast_dtype
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            logits = t.network(inputs).float()
-        loss = F.cross_entropy(logits, t.labels[indices], label_smoothing=t.recipe.label_smoothing)
-        marks.append(time.perf_counter())
-        t.model.zero_grad(set_to_none=True)
-        loss.backward()
-        marks.append(time.perf_counter())
-        for optimizer in t.optimizers:
-            optimizer.step()
-        marks.append(time.perf_counter())
-        if step:  # the first is a warm-up
-            for key, start, end in zip(totals, marks, marks[1:], strict=False):
-                totals[key] += (end - start) * 1000 / (steps - 1)
-    return totals
+    batches = len(order) // t.batch_size
+    means = {path: dict.fromkeys(PHASES, 0.0) for path in paths}
+    ratios = []
+    for pair in range(-1, pairs):  # pair -1 warms both paths up
+        indices = order[(pair % batches) * t.batch_size : (pair % batches + 1) * t.batch_size]
+        totals = {}
+        for path in list(paths)[:: 1 if pair % 2 else -1]:
+            small_map_conv.SMALL_MAP = paths[path]
+            phases = time_step(t, size, indices, flips)
+            totals[path] = sum(phases.values())
+            if pair >= 0:
+                for key, ms in phases.items():
+                    means[path][key] += ms / pairs
+        if pair >= 0:
+            first, second = paths
+            ratios.append(totals[first] / totals[second])
+    return means, ratios
 
 
 # ---------------------------------------------------------------- 2. the convolutions
@@ -154,12 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=16)
     args = parser.parse_args()
-    command = (
-        f"`python benchmarks/step_phases.py --precision {args.precision} --steps {args.steps} --rounds {args.rounds}`"
-    )
+    command = f"`python benchmarks/step_phases.py --precision {args.precision} --pairs {args.pairs}`"
 
     dataset, recipe = load_dataset(args.data), get_model_entry(DEFAULT_MODEL).recipe
     context = prepare_run("cpu", args.precision, run_dir=Path(tempfile.mkdtemp()))
@@ -167,25 +183,26 @@ def main() -> None:
     with process_settings(context):
         training = setup(context, dataset, DEFAULT_MODEL, recipe)
         full, crop = training.info.input_size, crop_size(0, training.info.input_size, recipe)
-        # The training's own path against oneDNN for every weight gradient, alternating.
-        paths = {"small maps' weight gradients by matmul": small_map_conv.SMALL_MAP, "oneDNN throughout": 0}
-        phases = {(size, path): dict.fromkeys(PHASES, 0.0) for size in (crop, full) for path in paths}
-        for _ in range(args.rounds):
-            for size, path in phases:
-                small_map_conv.SMALL_MAP = paths[path]
-                for key, ms in time_phases(training, size, args.steps).items():
-                    phases[size, path][key] += ms / args.rounds
+        paths = {"oneDNN throughout": 0, "small maps' weight gradients by matmul": small_map_conv.SMALL_MAP}
+        for size in (crop, full):
+            means, ratios = compare_paths(training, size, args.pairs, paths)
+            for path, parts in means.items():
+                total = sum(parts.values())
+                shares = ", ".join(f"{key} {ms:.0f} ms ({ms / total:.0%})" for key, ms in parts.items())
+                what = f"one step of batch {training.batch_size} at {size} px, {path}: {shares}"
+                speedup = (
+                    "1.00x"
+                    if path == "oneDNN throughout"
+                    else (
+                        f"{statistics.median(ratios):.2f}x (median of {len(ratios)} pairs, "
+                        f"{min(ratios):.2f}-{max(ratios):.2f})"
+                    )
+                )
+                rows.append(
+                    f"| {today()} | {machine()} | {command} | {what} | {context.precision} | {total:.0f} | {speedup} |"
+                )
+                print(rows[-1], flush=True)
         small_map_conv.SMALL_MAP = paths["small maps' weight gradients by matmul"]
-        for (size, path), parts in phases.items():
-            total = sum(parts.values())
-            baseline = sum(phases[size, "oneDNN throughout"].values())
-            shares = ", ".join(f"{key} {ms:.0f} ms ({ms / total:.0%})" for key, ms in parts.items())
-            what = f"one step of batch {training.batch_size} at {size} px, {path}: {shares}"
-            rows.append(
-                f"| {today()} | {machine()} | {command} | {what} | {context.precision} | {total:.0f} | "
-                f"{baseline / total:.2f}x |"
-            )
-            print(rows[-1], flush=True)
 
         dtype = context.autocast_dtype or torch.float32
         shapes = sorted(set(conv_shapes(training.model, crop) + conv_shapes(training.model, full)), key=lambda s: -s[2])
