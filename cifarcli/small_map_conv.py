@@ -1,20 +1,21 @@
-"""A 3x3 convolution whose weight gradient on small feature maps is one matrix product.
+"""A 3x3 convolution whose weight gradient on all but the largest feature maps is one matrix
+product, (output gradient)^T @ im2col(input).
 
-On a CPU with bf16, oneDNN computes the weight gradient of a 3x3 convolution slowly when the map
-is small: for the last block of airbench's network at batch 2000 (maps of 2, 3 and 5 pixels) it
-took 1.7-6x as long as multiplying the output gradient by the im2col'd input, while on maps of
-7 pixels and more oneDNN was as fast or faster (BENCHMARKS.md, "Where a training step's time
-goes"). So only the weight gradient, only on small maps, only in bf16 training on the CPU takes
-the matrix product; the forward pass, the input gradient, fp32, evaluation and export are
-nn.Conv2d's own. Only models.py imports this module, inside its builders, so torch is imported
-at the top.
+In bf16 training on a CPU (oneDNN with AMX, batch 2000), oneDNN computes that gradient slowly on
+small maps. In the default's training steps, timed in pairs against oneDNN throughout, taking
+the matrix product on maps up to 15 px made the 24 and 32 px steps 1.15x and 1.18x faster
+(medians of 16 pairs; up to 5 px: 1.33x and 1.05x), while adding the first block's 23 and 31 px
+maps made them slower again (BENCHMARKS.md, "Where a training step's time goes"). Only the
+weight gradient takes the matrix product; the forward pass, the input gradient, fp32,
+evaluation and export are nn.Conv2d's own. Only models.py imports this module, inside its
+builders, so torch is imported at the top.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SMALL_MAP = 5  # pixels: the largest map on which the matrix product won
+SMALL_MAP = 15  # pixels: the largest map on which the matrix product won
 
 
 def im2col_3x3(x_nhwc):
