@@ -30,7 +30,7 @@ from cifarcli import small_map_conv
 from cifarcli.data import load_dataset
 from cifarcli.models import DEFAULT_MODEL, get_model_entry
 from cifarcli.run import prepare_run, process_settings
-from cifarcli.small_map_conv import im2col_3x3
+from cifarcli.small_map_conv import im2col_3x3, weight_gradient_by_matmul
 from cifarcli.train import augment_batch, crop_size, flip_masks, setup
 
 PHASES = ("augmentation", "forward", "backward", "optimizers")
@@ -105,11 +105,6 @@ def matmul_conv(x_nhwc, weight):
     return (im2col_3x3(x_nhwc) @ weight.permute(0, 2, 3, 1).reshape(len(weight), 9 * c).t()).view(n, h, w, -1)
 
 
-def matmul_weight_gradient(x_nhwc, grad_nhwc):
-    c, out = x_nhwc.shape[-1], grad_nhwc.shape[-1]
-    return (grad_nhwc.reshape(-1, out).t() @ im2col_3x3(x_nhwc)).view(out, 3, 3, c).permute(0, 3, 1, 2)
-
-
 def matmul_input_gradient(grad_nhwc, weight):
     """The input gradient is the convolution of the output gradient with the filters mirrored
     and their channel axes swapped."""
@@ -148,7 +143,7 @@ def time_convolution(batch: int, channels: int, out: int, size: int, dtype) -> d
     expected_input, expected_weight, _ = onednn_backward(True, True)
     checks = [
         (matmul_input_gradient(grad_nhwc, weight).permute(0, 3, 1, 2), expected_input),
-        (matmul_weight_gradient(x_nhwc, grad_nhwc), expected_weight),
+        (weight_gradient_by_matmul(x_nhwc, grad_nhwc), expected_weight),
     ]
     for ours, theirs in checks:
         error = ((ours.float() - theirs.float()).norm() / theirs.float().norm()).item()
@@ -164,7 +159,7 @@ def time_convolution(batch: int, channels: int, out: int, size: int, dtype) -> d
         ),
         "weight gradient": (
             ms_per_call(lambda: onednn_backward(False, True)),
-            ms_per_call(lambda: matmul_weight_gradient(x_nhwc, grad_nhwc)),
+            ms_per_call(lambda: weight_gradient_by_matmul(x_nhwc, grad_nhwc)),
         ),
     }
 

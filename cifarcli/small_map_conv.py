@@ -27,6 +27,15 @@ def im2col_3x3(x_nhwc):
     return neighbourhoods.reshape(n * h * w, 9 * c)
 
 
+def weight_gradient_by_matmul(x_nhwc, grad_nhwc):
+    """The weight gradient (out, in, 3, 3) of a 3x3 convolution, stride 1, padding 1, from its
+    input (N, H, W, in) and output gradient (N, H, W, out)."""
+    in_channels, out_channels = x_nhwc.shape[-1], grad_nhwc.shape[-1]
+    grad_rows = grad_nhwc.reshape(-1, out_channels)  # (N*H*W, out)
+    grad_weight = grad_rows.t() @ im2col_3x3(x_nhwc)  # (out, 9*in)
+    return grad_weight.view(out_channels, 3, 3, in_channels).permute(0, 3, 1, 2)
+
+
 class WeightGradientByMatmul(torch.autograd.Function):
     """F.conv2d(x, weight, padding=1) forward; backward: oneDNN's input gradient, and the weight
     gradient as (output gradient)^T @ im2col(x)."""
@@ -45,10 +54,7 @@ class WeightGradientByMatmul(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(
                 grad_out, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
             )[0]
-        out_channels, in_channels = weight.shape[:2]
-        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(-1, out_channels)  # (N*H*W, out)
-        grad_weight = grad_rows.t() @ im2col_3x3(x.permute(0, 2, 3, 1))  # (out, 9*in)
-        return grad_x, grad_weight.view(out_channels, 3, 3, in_channels).permute(0, 3, 1, 2)
+        return grad_x, weight_gradient_by_matmul(x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1))
 
 
 class Conv3x3(nn.Conv2d):

@@ -86,9 +86,10 @@ def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shap
     assert diagonal.min() > 0.5 and diagonal.max() < 1.3  # from singular values ~10x apart
 
 
-@pytest.mark.parametrize("size", [2, 3, 5, 7])
+@pytest.mark.parametrize("size", [2, 3, 7, 15, 16])
 def test_small_map_convolution_computes_what_conv2d_computes(size):
-    # bf16 training takes the weight gradient of maps up to SMALL_MAP px as one matrix product.
+    # bf16 training takes the weight gradient of maps up to SMALL_MAP (15) px as one matrix
+    # product; larger maps stay with nn.Conv2d's.
     from cifarcli.small_map_conv import SMALL_MAP, Conv3x3
 
     generator = torch.Generator().manual_seed(size)
