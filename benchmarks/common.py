@@ -67,6 +67,26 @@ def timed_cifar_train(command: list[str], data: str) -> tuple[dict, float, str]:
     return result, time.perf_counter() - started, " ".join(command).replace(data, Path(data).name)
 
 
+def alternate(paths: dict, pairs: int) -> tuple[dict, list[float]]:
+    """Time code paths against each other on this drifting host: one warm-up pair, then `pairs`
+    pairs run in ABBA order. Each path is a function of the pair's number that returns its
+    milliseconds by part, e.g. {"forward": 12.0, "backward": 30.0}. Returns each path's mean
+    milliseconds by part, and per pair the first path's total over the second's."""
+    first, second = paths
+    means, ratios = {path: {} for path in paths}, []
+    for pair in range(-1, pairs):
+        totals = {}
+        for path in list(paths)[:: 1 if pair % 2 else -1]:
+            parts = paths[path](pair)
+            totals[path] = sum(parts.values())
+            for part, ms in parts.items():
+                if pair >= 0:
+                    means[path][part] = means[path].get(part, 0.0) + ms / pairs
+        if pair >= 0:
+            ratios.append(totals[first] / totals[second])
+    return means, ratios
+
+
 def today() -> str:
     return datetime.date.today().isoformat()
 

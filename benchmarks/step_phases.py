@@ -3,9 +3,9 @@ path (issue 14: what would buy the time that crops and Muon cannot).
 
     python benchmarks/step_phases.py [--data PATH] [--precision auto] [--pairs 16]
 
-1. The default recipe's own steps (setup() on the real data, the training loop's calls):
-   augmentation, forward, backward and the optimizers, timed apart at the crop size and the
-   full size, with the weight gradients of small maps as training computes them
+1. The default recipe's own steps (setup() on the real data, the training loop's calls, but the
+   whole batch in one pass: chunked steps are chunk_speed.py's): augmentation, forward,
+   backward and the optimizers, timed apart at the crop size and the full size, with the weight gradients of small maps as training computes them
    (cifarcli/small_map_conv.py) and with oneDNN's throughout, step by step in ABBA order
    (--pairs of steps after one warm-up pair); the speed-up is the median over the pairs.
 2. Each 3x3 convolution of the default network at its training batch, on the maps of both
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import SHARED_DATA, append_to_benchmarks, machine, today
+from common import SHARED_DATA, alternate, append_to_benchmarks, machine, today
 
 from cifarcli import small_map_conv
 from cifarcli.data import load_dataset
@@ -70,30 +70,24 @@ def time_step(training, size: int, indices, flips) -> dict:
 
 
 def compare_paths(training, size: int, pairs: int, paths: dict) -> tuple[dict, list[float]]:
-    """Steps alternating between the two paths (small_map_conv.SMALL_MAP values) in ABBA order,
-    because this host's speed drifts within seconds: each path's mean milliseconds per phase,
-    and per pair the first path's step time over the second's."""
+    """Steps alternating between the paths (small_map_conv.SMALL_MAP values) in ABBA order:
+    each path's mean milliseconds per phase, and per pair the first path's step time over the
+    second's."""
     t = training
     t.model.train()
     order = torch.randperm(len(t.labels), generator=t.generator)
     flips = flip_masks(t.recipe.flip, t.flip_base, 0, t.generator)
     batches = len(order) // t.batch_size
-    means = {path: dict.fromkeys(PHASES, 0.0) for path in paths}
-    ratios = []
-    for pair in range(-1, pairs):  # pair -1 warms both paths up
-        indices = order[(pair % batches) * t.batch_size : (pair % batches + 1) * t.batch_size]
-        totals = {}
-        for path in list(paths)[:: 1 if pair % 2 else -1]:
-            small_map_conv.SMALL_MAP = paths[path]
-            phases = time_step(t, size, indices, flips)
-            totals[path] = sum(phases.values())
-            if pair >= 0:
-                for key, ms in phases.items():
-                    means[path][key] += ms / pairs
-        if pair >= 0:
-            first, second = paths
-            ratios.append(totals[first] / totals[second])
-    return means, ratios
+
+    def step_with(small_map: int):
+        def step(pair: int) -> dict:
+            small_map_conv.SMALL_MAP = small_map
+            indices = order[(pair % batches) * t.batch_size : (pair % batches + 1) * t.batch_size]
+            return time_step(t, size, indices, flips)
+
+        return step
+
+    return alternate({path: step_with(small_map) for path, small_map in paths.items()}, pairs)
 
 
 # ---------------------------------------------------------------- 2. the convolutions
