@@ -3,9 +3,9 @@ path (issue 14: what would buy the time that crops and Muon cannot).
 
     python benchmarks/step_phases.py [--data PATH] [--precision auto] [--pairs 16]
 
-1. The default recipe's own steps (setup() on the real data, the training loop's calls, but the
-   whole batch in one pass: chunked steps are chunk_speed.py's): augmentation, forward,
-   backward and the optimizers, timed apart at the crop size and the full size, with the weight gradients of small maps as training computes them
+1. The default recipe's own steps (setup() on the real data, the training loop's calls):
+   augmentation, forward, backward and the optimizers, timed apart at the crop size and the
+   full size, with the weight gradients of small maps as training computes them
    (cifarcli/small_map_conv.py) and with oneDNN's throughout, step by step in ABBA order
    (--pairs of steps after one warm-up pair); the speed-up is the median over the pairs.
 2. Each 3x3 convolution of the default network at its training batch, on the maps of both

@@ -32,8 +32,6 @@ class Recipe:
     small_crop: int = 0  # progressive resizing: early epochs train on random crops this large (0: off)
     small_crop_epochs: float = 0.0  # how many epochs use small_crop before the full size
     optimizer: str = "sgd"  # "sgd", or "muon": Muon for the convolution filters, SGD for the rest
-    chunk_size: int = 0  # a step's batch goes through the network in chunks this large, each its own
-    # BatchNorm batch, their gradients summed (0: the whole batch at once)
     muon_lr: float = 0.0  # Muon's step, relative to the filters' norm
     muon_momentum: float = 0.0  # Muon's Nesterov momentum
     seed: int = 0
@@ -285,7 +283,6 @@ AIRBENCH_CPU_RECIPE = replace(
     muon_momentum=0.6,
     small_crop=24,
     small_crop_epochs=5,
-    chunk_size=500,
 )
 
 

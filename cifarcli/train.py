@@ -334,12 +334,15 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
         inputs = inputs.to(context.device, non_blocking=True).float().div_(255)  # (B, 3, H, W) in [0, 1]
         inputs = inputs.contiguous(memory_format=torch.channels_last)
         targets = t.labels[indices].to(context.device, non_blocking=True)  # (B,)
+        dtype = context.autocast_dtype
+        with torch.autocast(context.device_type, dtype=dtype, enabled=dtype is not None):
+            logits = t.network(inputs).float()  # (B, classes)
+        loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
         t.model.zero_grad(set_to_none=True)
-        loss, logits = forward_backward(t, inputs, targets)
-        step_optimizers(t)
+        step_optimizers(t, loss)
         if t.lookahead and (global_step + 1) % LOOKAHEAD_EVERY == 0:
             t.lookahead.update(0.95**LOOKAHEAD_EVERY * ((global_step + 1) / t.total_steps) ** 3)
-        loss_sum += loss * len(indices)
+        loss_sum += loss.item() * len(indices)
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(indices)
         events.step(step + 1, loss_sum / seen, correct / seen, seen * ranks.world / (time.perf_counter() - started))
@@ -351,45 +354,15 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
     return loss_sum, int(correct), int(seen), seconds
 
 
-def forward_backward(training: Training, inputs, targets) -> tuple[float, object]:
-    """The batch's mean loss and its gradients, in chunks of recipe.chunk_size images: each chunk
-    is a BatchNorm batch of its own ("ghost batches"), and the chunks' gradients add up to the
-    whole batch's mean-loss gradient. Returns the mean loss and the logits (B, classes).
-
-    Why chunks: on a 2-core CPU a chunk of 500 at 32 px keeps its activations in cache and the
-    step runs about 1.3x faster than one pass over 2000 images (BENCHMARKS.md, issue 14)."""
-    import contextlib
-
-    import torch
-
-    t, context = training, training.context
-    dtype = context.autocast_dtype
-    chunk = t.recipe.chunk_size or len(inputs)
-    starts = range(0, len(inputs), chunk)
-    loss_sum, all_logits = 0.0, []
-    for start in starts:
-        is_last = start == starts[-1]
-        # Under DDP, gradients are averaged across processes once, after the last chunk.
-        no_sync = getattr(t.network, "no_sync", None)
-        with contextlib.nullcontext() if is_last or no_sync is None else no_sync():
-            with torch.autocast(context.device_type, dtype=dtype, enabled=dtype is not None):
-                logits = t.network(inputs[start : start + chunk]).float()  # (chunk, classes)
-            labels = targets[start : start + chunk]
-            loss = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=t.recipe.label_smoothing)
-            share = loss * (len(labels) / len(inputs))
-            (share if t.scaler is None else t.scaler.scale(share)).backward()
-        loss_sum += share.item()
-        all_logits.append(logits.detach())
-    return loss_sum, torch.cat(all_logits)
-
-
-def step_optimizers(training: Training) -> None:
-    """One step of every optimizer; with fp16, through the gradient scaler that scaled the loss
-    so that small gradients did not underflow to zero."""
+def step_optimizers(training: Training, loss) -> None:
+    """Backward and one step of every optimizer; with fp16, through a gradient scaler so that
+    small gradients do not underflow to zero."""
     if training.scaler is None:
+        loss.backward()
         for optimizer in training.optimizers:
             optimizer.step()
         return
+    training.scaler.scale(loss).backward()
     for optimizer in training.optimizers:
         training.scaler.step(optimizer)
     training.scaler.update()

@@ -13,7 +13,7 @@ from cifarcli.errors import CifarError
 from cifarcli.models import REGISTRY, get_model_entry
 from cifarcli.optim import lr_factor, make_optimizers, orthogonalize
 from cifarcli.run import prepare_run
-from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, forward_backward, reflect_pad, setup, train
+from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, reflect_pad, train
 
 
 def test_tutorial_learns_held_out_shapes(trained_run):
@@ -111,25 +111,6 @@ def test_small_map_convolution_computes_what_conv2d_computes(size):
     torch.testing.assert_close(weight_grad, weight_grad_ref, rtol=1e-2, atol=1e-2 * weight_grad_ref.abs().max().item())
     with torch.no_grad():  # evaluation and export: nn.Conv2d's own forward
         assert torch.equal(ours.eval()(inputs), reference(inputs))
-
-
-def test_chunks_of_a_batch_add_up_to_the_whole_batchs_gradient(dataset, tmp_path):
-    # The tutorial CNN has no BatchNorm, so only fp32 rounding may tell chunks from the whole
-    # batch; 30 images in chunks of 7 leave a last chunk of 2, which must weigh 2/30.
-    inputs = torch.from_numpy(dataset.train.images[:30]).permute(0, 3, 1, 2).float().div(255)
-    targets = torch.from_numpy(dataset.train.labels[:30])
-    results = []
-    for chunk_size in (0, 7):
-        recipe = get_model_entry("tutorial").recipe.override(batch_size=30, chunk_size=chunk_size)
-        context = prepare_run("cpu", "fp32", run_dir=tmp_path / str(chunk_size))
-        training = setup(context, dataset, "tutorial", recipe)
-        loss, logits = forward_backward(training, inputs.contiguous(memory_format=torch.channels_last), targets)
-        results.append((loss, logits, [p.grad for p in training.model.parameters()]))
-    (loss, logits, grads), (chunked_loss, chunked_logits, chunked_grads) = results
-    assert chunked_loss == pytest.approx(loss, rel=1e-5) and logits.shape == chunked_logits.shape == (30, 3)
-    torch.testing.assert_close(chunked_logits, logits)
-    for chunked, whole in zip(chunked_grads, grads, strict=True):
-        torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-6)
 
 
 def test_an_unknown_optimizer_is_refused_in_one_line():
