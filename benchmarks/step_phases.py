@@ -2,12 +2,14 @@
 path (issue 14: what would buy the time that crops and Muon cannot).
 
     python benchmarks/step_phases.py [--data PATH] [--precision auto] [--pairs 16]
+                                     [--baseline onednn|weight-gradient] [--steps-only]
 
 1. The default recipe's own steps (setup() on the real data, the training loop's calls):
    augmentation, forward, backward and the optimizers, timed apart at the crop size and the
-   full size, with the weight gradients of small maps as training computes them
-   (cifarcli/small_map_conv.py) and with oneDNN's throughout, step by step in ABBA order
-   (--pairs of steps after one warm-up pair); the speed-up is the median over the pairs.
+   full size, with the convolutions as training computes them (cifarcli/small_map_conv.py)
+   and with a baseline: oneDNN's throughout, or (`--baseline weight-gradient`) only the weight
+   gradients by matrix product, step by step in ABBA order (--pairs of steps after one warm-up
+   pair); the speed-up is the median over the pairs.
 2. Each 3x3 convolution of the default network at its training batch, on the maps of both
    sizes (shapes taken from the model itself): oneDNN's forward, input gradient and weight
    gradient, against the same three as one matrix product each on im2col'd channels_last
@@ -30,12 +32,17 @@ from cifarcli import small_map_conv
 from cifarcli.data import load_dataset
 from cifarcli.models import DEFAULT_MODEL, get_model_entry
 from cifarcli.run import prepare_run, process_settings
-from cifarcli.small_map_conv import im2col_3x3, weight_gradient_by_matmul
+from cifarcli.small_map_conv import conv_by_matmul, input_gradient_by_matmul, weight_gradient_by_matmul
 from cifarcli.train import augment_batch, crop_size, flip_masks, setup
 
 PHASES = ("augmentation", "forward", "backward", "optimizers")
 SECTION = "Where a training step's time goes (`benchmarks/step_phases.py`)"
 COLUMNS = ["date", "machine", "command", "what", "precision", "milliseconds", "share or ratio"]
+TRAINED_PATH = "as training computes them (small_map_conv.py)"
+BASELINES = {  # name: (SMALL_MAP, TINY_MAP)
+    "onednn": ("oneDNN throughout", (0, 0)),
+    "weight-gradient": ("weight gradients by matmul, forward and input gradients by oneDNN", (15, 0)),
+}
 
 
 def ms_per_call(work, calls: int = 3) -> float:
@@ -70,7 +77,7 @@ def time_step(training, size: int, indices, flips) -> dict:
 
 
 def compare_paths(training, size: int, pairs: int, paths: dict) -> tuple[dict, list[float]]:
-    """Steps alternating between the paths (small_map_conv.SMALL_MAP values) in ABBA order:
+    """Steps alternating between the paths ((SMALL_MAP, TINY_MAP) of small_map_conv) in ABBA order:
     each path's mean milliseconds per phase, and per pair the first path's step time over the
     second's."""
     t = training
@@ -79,30 +86,18 @@ def compare_paths(training, size: int, pairs: int, paths: dict) -> tuple[dict, l
     flips = flip_masks(t.recipe.flip, t.flip_base, 0, t.generator)
     batches = len(order) // t.batch_size
 
-    def step_with(small_map: int):
+    def step_with(maps: tuple[int, int]):
         def step(pair: int) -> dict:
-            small_map_conv.SMALL_MAP = small_map
+            small_map_conv.SMALL_MAP, small_map_conv.TINY_MAP = maps
             indices = order[(pair % batches) * t.batch_size : (pair % batches + 1) * t.batch_size]
             return time_step(t, size, indices, flips)
 
         return step
 
-    return alternate({path: step_with(small_map) for path, small_map in paths.items()}, pairs)
+    return alternate({path: step_with(maps) for path, maps in paths.items()}, pairs)
 
 
 # ---------------------------------------------------------------- 2. the convolutions
-
-
-def matmul_conv(x_nhwc, weight):
-    """A 3x3 convolution, stride 1, padding 1, as one matrix product: (N, H, W, C) -> (N, H, W, out)."""
-    n, h, w, c = x_nhwc.shape
-    return (im2col_3x3(x_nhwc) @ weight.permute(0, 2, 3, 1).reshape(len(weight), 9 * c).t()).view(n, h, w, -1)
-
-
-def matmul_input_gradient(grad_nhwc, weight):
-    """The input gradient is the convolution of the output gradient with the filters mirrored
-    and their channel axes swapped."""
-    return matmul_conv(grad_nhwc, weight.flip(2, 3).transpose(0, 1))
 
 
 def conv_shapes(model, size: int) -> list[tuple[int, int, int]]:
@@ -136,7 +131,7 @@ def time_convolution(batch: int, channels: int, out: int, size: int, dtype) -> d
 
     expected_input, expected_weight, _ = onednn_backward(True, True)
     checks = [
-        (matmul_input_gradient(grad_nhwc, weight).permute(0, 3, 1, 2), expected_input),
+        (input_gradient_by_matmul(grad, weight), expected_input),
         (weight_gradient_by_matmul(x_nhwc, grad_nhwc), expected_weight),
     ]
     for ours, theirs in checks:
@@ -145,11 +140,11 @@ def time_convolution(batch: int, channels: int, out: int, size: int, dtype) -> d
     return {
         "forward": (
             ms_per_call(lambda: F.conv2d(x, weight, padding=1)),
-            ms_per_call(lambda: matmul_conv(x_nhwc, weight)),
+            ms_per_call(lambda: conv_by_matmul(x, weight)),
         ),
         "input gradient": (
             ms_per_call(lambda: onednn_backward(True, False)),
-            ms_per_call(lambda: matmul_input_gradient(grad_nhwc, weight)),
+            ms_per_call(lambda: input_gradient_by_matmul(grad, weight)),
         ),
         "weight gradient": (
             ms_per_call(lambda: onednn_backward(False, True)),
@@ -158,13 +153,30 @@ def time_convolution(batch: int, channels: int, out: int, size: int, dtype) -> d
     }
 
 
+def convolution_rows(training, sizes, context, command: str) -> list[str]:
+    """One row per 3x3 convolution of the network (at both sizes' maps) and part."""
+    dtype = context.autocast_dtype or torch.float32
+    shapes = {shape for size in sizes for shape in conv_shapes(training.model, size)}
+    rows = []
+    for channels, out, size in sorted(shapes, key=lambda shape: -shape[2]):
+        for part, (onednn, matmul) in time_convolution(training.batch_size, channels, out, size, dtype).items():
+            what = f"3x3 conv {channels}->{out} at {size} px, {part}: oneDNN / im2col + matmul"
+            cells = [today(), machine(), command, what, context.precision, f"{onednn:.0f} / {matmul:.0f}"]
+            rows.append(f"| {' | '.join(cells)} | {onednn / matmul:.2f}x |")
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--baseline", choices=list(BASELINES), default="onednn")
+    parser.add_argument("--steps-only", action="store_true", help="skip the single convolutions")
     args = parser.parse_args()
-    command = f"`python benchmarks/step_phases.py --precision {args.precision} --pairs {args.pairs}`"
+    options = f"--precision {args.precision} --pairs {args.pairs} --baseline {args.baseline}"
+    command = f"`python benchmarks/step_phases.py {options}{' --steps-only' * args.steps_only}`"
 
     dataset, recipe = load_dataset(args.data), get_model_entry(DEFAULT_MODEL).recipe
     context = prepare_run("cpu", args.precision, run_dir=Path(tempfile.mkdtemp()))
@@ -172,7 +184,9 @@ def main() -> None:
     with process_settings(context):
         training = setup(context, dataset, DEFAULT_MODEL, recipe)
         full, crop = training.info.input_size, crop_size(0, training.info.input_size, recipe)
-        paths = {"oneDNN throughout": 0, "small maps' weight gradients by matmul": small_map_conv.SMALL_MAP}
+        trained = (small_map_conv.SMALL_MAP, small_map_conv.TINY_MAP)
+        baseline_name, baseline_maps = BASELINES[args.baseline]
+        paths = {baseline_name: baseline_maps, TRAINED_PATH: trained}
         for size in (crop, full):
             means, ratios = compare_paths(training, size, args.pairs, paths)
             for path, parts in means.items():
@@ -181,7 +195,7 @@ def main() -> None:
                 what = f"one step of batch {training.batch_size} at {size} px, {path}: {shares}"
                 speedup = (
                     "1.00x"
-                    if path == "oneDNN throughout"
+                    if path == baseline_name
                     else (
                         f"{statistics.median(ratios):.2f}x (median of {len(ratios)} pairs, "
                         f"{min(ratios):.2f}-{max(ratios):.2f})"
@@ -191,19 +205,9 @@ def main() -> None:
                     f"| {today()} | {machine()} | {command} | {what} | {context.precision} | {total:.0f} | {speedup} |"
                 )
                 print(rows[-1], flush=True)
-        small_map_conv.SMALL_MAP = paths["small maps' weight gradients by matmul"]
-
-        dtype = context.autocast_dtype or torch.float32
-        shapes = sorted(set(conv_shapes(training.model, crop) + conv_shapes(training.model, full)), key=lambda s: -s[2])
-        for channels, out, size in shapes:
-            for part, (onednn, matmul) in time_convolution(training.batch_size, channels, out, size, dtype).items():
-                what = f"3x3 conv {channels}->{out} at {size} px, {part}: oneDNN / im2col + matmul"
-                ratio = f"{onednn / matmul:.2f}x"
-                rows.append(
-                    f"| {today()} | {machine()} | {command} | {what} | {context.precision} | "
-                    f"{onednn:.0f} / {matmul:.0f} | {ratio} |"
-                )
-                print(rows[-1], flush=True)
+        small_map_conv.SMALL_MAP, small_map_conv.TINY_MAP = trained
+        if not args.steps_only:
+            rows += convolution_rows(training, (crop, full), context, command)
     append_to_benchmarks(SECTION, rows, COLUMNS)
 
 

@@ -1,21 +1,24 @@
 """A 3x3 convolution whose weight gradient on all but the largest feature maps is one matrix
-product, (output gradient)^T @ im2col(input).
+product, (output gradient)^T @ im2col(input), and whose forward pass and input gradient on the
+smallest maps are matrix products too.
 
 In bf16 training on a CPU (oneDNN with AMX, batch 2000), oneDNN computes that gradient slowly on
 small maps. In the default's training steps, timed in pairs against oneDNN throughout, taking
 the matrix product on maps up to 15 px made the 24 and 32 px steps 1.15x and 1.18x faster
 (medians of 16 pairs; up to 5 px: 1.33x and 1.05x), while adding the first block's 23 and 31 px
-maps made them slower again (BENCHMARKS.md, "Where a training step's time goes"). Only the
-weight gradient takes the matrix product; the forward pass, the input gradient, fp32,
-evaluation and export are nn.Conv2d's own. Only models.py imports this module, inside its
-builders, so torch is imported at the top.
+maps made them slower again (BENCHMARKS.md, "Where a training step's time goes"). On maps of
+TINY_MAP px or less (the last blocks' 2-5 px), oneDNN's forward and input gradient were slower
+than a matrix product as well. Everywhere else, and in fp32, evaluation and export, the
+convolution is nn.Conv2d's own. Only models.py imports this module, inside its builders, so
+torch is imported at the top.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SMALL_MAP = 15  # pixels: the largest map on which the matrix product won
+SMALL_MAP = 15  # pixels: the largest map on which the weight gradient's matrix product won
+TINY_MAP = 5  # pixels: the largest map on which the forward's and input gradient's won too
 
 
 def im2col_3x3(x_nhwc):
@@ -36,25 +39,45 @@ def weight_gradient_by_matmul(x_nhwc, grad_nhwc):
     return grad_weight.view(out_channels, 3, 3, in_channels).permute(0, 3, 1, 2)
 
 
-class WeightGradientByMatmul(torch.autograd.Function):
-    """F.conv2d(x, weight, padding=1) forward; backward: oneDNN's input gradient, and the weight
-    gradient as (output gradient)^T @ im2col(x)."""
+def conv_by_matmul(x, weight):
+    """F.conv2d(x, weight, padding=1) as one matrix product on channels_last tensors:
+    (N, in, H, W) -> (N, out, H, W), channels_last."""
+    n, _, h, w = x.shape
+    columns = im2col_3x3(x.permute(0, 2, 3, 1))  # (N*H*W, 9*in)
+    out = columns @ weight.permute(0, 2, 3, 1).reshape(len(weight), -1).t()  # (N*H*W, out)
+    return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def input_gradient_by_matmul(grad_out, weight):
+    """The input gradient of a 3x3 convolution, stride 1, padding 1: the convolution of the
+    output gradient with the filters mirrored and their channel axes swapped."""
+    return conv_by_matmul(grad_out, weight.flip(2, 3).transpose(0, 1))
+
+
+class SmallMapConv(torch.autograd.Function):
+    """F.conv2d(x, weight, padding=1), with the weight gradient as (output gradient)^T @ im2col(x);
+    on tiny maps the forward pass and the input gradient are matrix products too, elsewhere
+    oneDNN's."""
 
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, tiny: bool):
         ctx.save_for_backward(x, weight)
-        return F.conv2d(x, weight, padding=1)
+        ctx.tiny = tiny
+        return conv_by_matmul(x, weight) if tiny else F.conv2d(x, weight, padding=1)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.tiny:
+            grad_x = input_gradient_by_matmul(grad_out, weight)
+        elif ctx.needs_input_grad[0]:
             mask = [True, False, False]
             grad_x = torch.ops.aten.convolution_backward(
                 grad_out, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
             )[0]
-        return grad_x, weight_gradient_by_matmul(x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1))
+        return grad_x, weight_gradient_by_matmul(x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)), None
 
 
 class Conv3x3(nn.Conv2d):
@@ -64,8 +87,10 @@ class Conv3x3(nn.Conv2d):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=False)
 
     def forward(self, x):
-        if self.training and torch.is_grad_enabled() and max(x.shape[-2:]) <= SMALL_MAP and bf16_autocast(x):
-            return WeightGradientByMatmul.apply(x.to(torch.bfloat16), self.weight.to(torch.bfloat16))
+        size = max(x.shape[-2:])
+        if self.training and torch.is_grad_enabled() and size <= SMALL_MAP and bf16_autocast(x):
+            x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            return SmallMapConv.apply(x, self.weight.to(torch.bfloat16), size <= TINY_MAP)
         return super().forward(x)
 
 
