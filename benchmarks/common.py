@@ -79,8 +79,8 @@ def alternate(paths: dict, pairs: int) -> tuple[dict, list[float]]:
         for path in list(paths)[:: 1 if pair % 2 else -1]:
             parts = paths[path](pair)
             totals[path] = sum(parts.values())
-            for part, ms in parts.items():
-                if pair >= 0:
+            if pair >= 0:  # pair -1 warms both paths up
+                for part, ms in parts.items():
                     means[path][part] = means[path].get(part, 0.0) + ms / pairs
         if pair >= 0:
             ratios.append(totals[first] / totals[second])
