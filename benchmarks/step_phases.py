@@ -39,12 +39,13 @@ PHASES = ("augmentation", "forward", "backward", "optimizers")
 SECTION = "Where a training step's time goes (`benchmarks/step_phases.py`)"
 COLUMNS = ["date", "machine", "command", "what", "precision", "milliseconds", "share or ratio"]
 TRAINED_PATH = "as training computes them (small_map_conv.py)"
-BASELINES = {  # name: (SMALL_MAP, TINY_MAP)
-    "onednn": ("oneDNN throughout", (0, 0)),
+BASELINES = {  # name: (what it is, the settings of small_map_conv it runs with)
+    "onednn": ("oneDNN throughout", {"SMALL_MAP": 0, "TINY_MAP": 0}),
     "weight-gradient": (
         "weight gradients by matmul, forward and input gradients by oneDNN",
-        (small_map_conv.SMALL_MAP, 0),
+        {"TINY_MAP": 0},
     ),
+    "whole-batch": ("each weight gradient one matrix product over the whole batch", {"IMAGES_PER_PRODUCT": 10**9}),
 }
 
 
@@ -80,7 +81,7 @@ def time_step(training, size: int, indices, flips) -> dict:
 
 
 def compare_paths(training, size: int, pairs: int, paths: dict) -> tuple[dict, list[float]]:
-    """Steps alternating between the paths ((SMALL_MAP, TINY_MAP) of small_map_conv) in ABBA order:
+    """Steps alternating between the paths (settings of small_map_conv) in ABBA order:
     each path's mean milliseconds per phase, and per pair the first path's step time over the
     second's."""
     t = training
@@ -89,15 +90,20 @@ def compare_paths(training, size: int, pairs: int, paths: dict) -> tuple[dict, l
     flips = flip_masks(t.recipe.flip, t.flip_base, 0, t.generator)
     batches = len(order) // t.batch_size
 
-    def step_with(maps: tuple[int, int]):
+    def step_with(settings: dict):
         def step(pair: int) -> dict:
-            small_map_conv.SMALL_MAP, small_map_conv.TINY_MAP = maps
+            apply_settings(settings)
             indices = order[(pair % batches) * t.batch_size : (pair % batches + 1) * t.batch_size]
             return time_step(t, size, indices, flips)
 
         return step
 
-    return alternate({path: step_with(maps) for path, maps in paths.items()}, pairs)
+    return alternate({path: step_with(settings) for path, settings in paths.items()}, pairs)
+
+
+def apply_settings(settings: dict) -> None:
+    for name, value in settings.items():
+        setattr(small_map_conv, name, value)
 
 
 # ---------------------------------------------------------------- 2. the convolutions
@@ -187,9 +193,9 @@ def main() -> None:
     with process_settings(context):
         training = setup(context, dataset, DEFAULT_MODEL, recipe)
         full, crop = training.info.input_size, crop_size(0, training.info.input_size, recipe)
-        trained = (small_map_conv.SMALL_MAP, small_map_conv.TINY_MAP)
-        baseline_name, baseline_maps = BASELINES[args.baseline]
-        paths = {baseline_name: baseline_maps, TRAINED_PATH: trained}
+        trained = {name: getattr(small_map_conv, name) for name in ("SMALL_MAP", "TINY_MAP", "IMAGES_PER_PRODUCT")}
+        baseline_name, baseline_changes = BASELINES[args.baseline]
+        paths = {baseline_name: {**trained, **baseline_changes}, TRAINED_PATH: trained}
         for size in (crop, full):
             means, ratios = compare_paths(training, size, args.pairs, paths)
             for path, parts in means.items():
@@ -207,7 +213,7 @@ def main() -> None:
                 cells = [today(), machine(), command, what, context.precision, f"{total:.0f}", speedup]
                 rows.append(f"| {' | '.join(cells)} |")
                 print(rows[-1], flush=True)
-        small_map_conv.SMALL_MAP, small_map_conv.TINY_MAP = trained
+        apply_settings(trained)
         if not args.steps_only:
             rows += convolution_rows(training, (crop, full), context, command)
     append_to_benchmarks(SECTION, rows, COLUMNS)

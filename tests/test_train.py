@@ -90,14 +90,16 @@ def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shap
 def test_small_map_convolution_computes_what_conv2d_computes(size):
     # bf16 training takes the weight gradient of maps up to SMALL_MAP (15) px as one matrix
     # product, and on maps up to TINY_MAP (5) px the forward pass and input gradient too; larger
-    # maps stay with nn.Conv2d's. A matrix product rounds its bf16 sums in its own order.
-    from cifarcli.small_map_conv import SMALL_MAP, TINY_MAP, Conv3x3
+    # maps stay with nn.Conv2d's. A matrix product rounds its bf16 sums in its own order. The
+    # batch spans three of the weight gradient's products, the last one short.
+    from cifarcli.small_map_conv import IMAGES_PER_PRODUCT, SMALL_MAP, TINY_MAP, Conv3x3
 
     generator = torch.Generator().manual_seed(size)
     ours, reference = Conv3x3(16, 8), torch.nn.Conv2d(16, 8, 3, padding=1, bias=False)
     reference.load_state_dict(ours.state_dict())
-    inputs = torch.randn(30, 16, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
-    upstream = torch.randn(30, 8, size, size, generator=generator)
+    batch = 2 * IMAGES_PER_PRODUCT + 2
+    inputs = torch.randn(batch, 16, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(batch, 8, size, size, generator=generator)
     results = []
     for conv in (ours, reference):
         x = inputs.clone().requires_grad_()
