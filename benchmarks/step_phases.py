@@ -2,13 +2,14 @@
 path (issue 14: what would buy the time that crops and Muon cannot).
 
     python benchmarks/step_phases.py [--data PATH] [--precision auto] [--pairs 16]
-                                     [--baseline onednn|weight-gradient] [--steps-only]
+                                     [--baseline onednn|weight-gradient|whole-batch] [--steps-only]
 
 1. The default recipe's own steps (setup() on the real data, the training loop's calls):
    augmentation, forward, backward and the optimizers, timed apart at the crop size and the
    full size, with the convolutions as training computes them (cifarcli/small_map_conv.py)
-   and with a baseline: oneDNN's throughout, or (`--baseline weight-gradient`) only the weight
-   gradients by matrix product, step by step in ABBA order (--pairs of steps after one warm-up
+   and with a baseline: oneDNN's throughout, only the weight gradients by matrix product
+   (`--baseline weight-gradient`), or each weight gradient one product over the whole batch
+   (`--baseline whole-batch`), step by step in ABBA order (--pairs of steps after one warm-up
    pair); the speed-up is the median over the pairs.
 2. Each 3x3 convolution of the default network at its training batch, on the maps of both
    sizes (shapes taken from the model itself): oneDNN's forward, input gradient and weight
