@@ -13,7 +13,7 @@ path (issue 14: what would buy the time that crops and Muon cannot).
    pair); the speed-up is the median over the pairs.
 2. Each 3x3 convolution of the default network at its training batch, on the maps of both
    sizes (shapes taken from the model itself): oneDNN's forward, input gradient and weight
-   gradient, against the same three as one matrix product each on im2col'd channels_last
+   gradient, against the same three as training's matrix products on im2col'd channels_last
    tensors (what AMX multiplies fastest).
 
 Appends one row per step size and path, and one per convolution and part, to BENCHMARKS.md.

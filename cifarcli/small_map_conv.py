@@ -41,7 +41,7 @@ def weight_gradient_by_matmul(x_nhwc, grad_nhwc):
     IMAGES_PER_PRODUCT images: their im2col stays in the cache, where the whole batch's went
     through memory at a few GB/s."""
     in_channels, out_channels = x_nhwc.shape[-1], grad_nhwc.shape[-1]
-    grad_weight = torch.zeros(out_channels, 9 * in_channels, device=x_nhwc.device)
+    grad_weight = torch.zeros(out_channels, 9 * in_channels, dtype=torch.float32, device=x_nhwc.device)
     for start in range(0, len(x_nhwc), IMAGES_PER_PRODUCT):
         images = slice(start, start + IMAGES_PER_PRODUCT)
         grad_rows = grad_nhwc[images].reshape(-1, out_channels)  # (images*H*W, out)

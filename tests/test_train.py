@@ -88,8 +88,8 @@ def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shap
 
 @pytest.mark.parametrize("size", [2, 3, 5, 7, 15, 16])
 def test_small_map_convolution_computes_what_conv2d_computes(size):
-    # bf16 training takes the weight gradient of maps up to SMALL_MAP (15) px as one matrix
-    # product, and on maps up to TINY_MAP (5) px the forward pass and input gradient too; larger
+    # bf16 training takes the weight gradient of maps up to SMALL_MAP (15) px as matrix
+    # products, and on maps up to TINY_MAP (5) px the forward pass and input gradient too; larger
     # maps stay with nn.Conv2d's. A matrix product rounds its bf16 sums in its own order. The
     # batch spans three of the weight gradient's products, the last one short.
     from cifarcli.small_map_conv import IMAGES_PER_PRODUCT, SMALL_MAP, TINY_MAP, Conv3x3
