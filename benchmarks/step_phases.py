@@ -2,15 +2,17 @@
 path (issue 14: what would buy the time that crops and Muon cannot).
 
     python benchmarks/step_phases.py [--data PATH] [--precision auto] [--pairs 16]
-                                     [--baseline onednn|weight-gradient|whole-batch] [--steps-only]
+                                     [--baseline onednn|weight-gradient|whole-batch|full-maps]
+                                     [--steps-only]
 
 1. The default recipe's own steps (setup() on the real data, the training loop's calls):
    augmentation, forward, backward and the optimizers, timed apart at the crop size and the
    full size, with the convolutions as training computes them (cifarcli/small_map_conv.py)
    and with a baseline: oneDNN's throughout, only the weight gradients by matrix product
-   (`--baseline weight-gradient`), or each weight gradient one product over the whole batch
-   (`--baseline whole-batch`), step by step in ABBA order (--pairs of steps after one warm-up
-   pair); the speed-up is the median over the pairs.
+   (`--baseline weight-gradient`), each weight gradient one product over the whole batch
+   (`--baseline whole-batch`), or the convolutions before a max-pool computing the last row and
+   column of odd maps that the pool drops (`--baseline full-maps`), step by step in ABBA order
+   (--pairs of steps after one warm-up pair); the speed-up is the median over the pairs.
 2. Each 3x3 convolution of the default network at its training batch, on the maps of both
    sizes (shapes taken from the model itself): oneDNN's forward, input gradient and weight
    gradient, against the same three as training's matrix products on im2col'd channels_last
@@ -47,6 +49,7 @@ BASELINES = {  # name: (what it is, the settings of small_map_conv it runs with)
         {"TINY_MAP": 0},
     ),
     "whole-batch": ("each weight gradient one matrix product over the whole batch", {"IMAGES_PER_PRODUCT": 10**9}),
+    "full-maps": ("convolutions before a max-pool compute the rows it drops too", {"POOLED_ONLY": False}),
 }
 
 
@@ -194,7 +197,8 @@ def main() -> None:
     with process_settings(context):
         training = setup(context, dataset, DEFAULT_MODEL, recipe)
         full, crop = training.info.input_size, crop_size(0, training.info.input_size, recipe)
-        trained = {name: getattr(small_map_conv, name) for name in ("SMALL_MAP", "TINY_MAP", "IMAGES_PER_PRODUCT")}
+        settings = ("SMALL_MAP", "TINY_MAP", "IMAGES_PER_PRODUCT", "POOLED_ONLY")
+        trained = {name: getattr(small_map_conv, name) for name in settings}
         baseline_name, baseline_changes = BASELINES[args.baseline]
         paths = {baseline_name: {**trained, **baseline_changes}, TRAINED_PATH: trained}
         for size in (crop, full):

@@ -167,15 +167,16 @@ def airbench_net(num_classes, mean, std, widths, activation="gelu"):
         norm.weight.requires_grad = False
         return norm
 
-    def conv(cin, cout):
-        layer = Conv3x3(cin, cout)
+    def conv(cin, cout, pooled=False):
+        layer = Conv3x3(cin, cout, pooled)
         with torch.no_grad():  # identity (Dirac) init on the first cin filters
             nn.init.dirac_(layer.weight[:cin])
         return layer
 
     def block(cin, cout):
+        pooled_conv = conv(cin, cout, pooled=True)  # only what the max-pool after it reads (training)
         return nn.Sequential(
-            conv(cin, cout), nn.MaxPool2d(2), batch_norm(cout), act(), conv(cout, cout), batch_norm(cout), act()
+            pooled_conv, nn.MaxPool2d(2), batch_norm(cout), act(), conv(cout, cout), batch_norm(cout), act()
         )
 
     whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)

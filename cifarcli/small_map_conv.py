@@ -11,9 +11,13 @@ TINY_MAP px or less (the last blocks' 2-5 px), oneDNN's forward and input gradie
 than a matrix product as well: taking those too made the 24 px steps another 1.12x faster
 (16 pairs; 1.02x at 32 px, whose only such map is 3 px). Summing the weight gradient over
 products of 64 images, whose im2col stays in the cache, instead of one product over the whole
-batch made the steps another 1.03-1.10x faster (16 and 12 pairs). Everywhere else, and in
-fp32 (where the matrix products were slower), evaluation and export, the convolution is
-nn.Conv2d's own. Only models.py imports this module, inside its builders, so torch is
+batch made the steps another 1.03-1.10x faster (16 and 12 pairs). Before a 2x2 max-pool, a
+convolution on an odd map computes only the rows and columns the pool reads (its last row and
+column are never read): 1.10x faster 24 px steps and 1.02x 32 px steps (medians of 20 and 24
+pairs; 1.04x by the mean), the same numbers out of the pool. On the first block's 23 and 31 px
+maps the padding copy this needs made oneDNN's forward slower, so it is not done there.
+Everywhere else, and in fp32 (where the matrix products were slower), evaluation and export,
+the convolution is nn.Conv2d's own. Only models.py imports this module, inside its builders, so torch is
 imported at the top.
 """
 
@@ -24,20 +28,31 @@ from torch import nn
 SMALL_MAP = 15  # pixels: the largest map on which the weight gradient's matrix product won
 TINY_MAP = 5  # pixels: the largest map on which the forward's and input gradient's won too
 IMAGES_PER_PRODUCT = 64  # images per matrix product of the weight gradient (16 was slower, 32-128 alike)
+POOLED_ONLY = True  # in training, a convolution before a 2x2 max-pool computes only what the pool reads
+SAME = (1, 1, 1, 1)  # F.pad's (left, right, top, bottom): padding 1 all round, the output the input's size
 
 
-def im2col_3x3(x_nhwc):
-    """(N, H, W, C) -> (N*H*W, 9*C): each pixel's 3x3 neighbourhood, zero-padded, in (dy, dx, c) order."""
-    n, h, w, c = x_nhwc.shape
-    padded = F.pad(x_nhwc, (0, 0, 1, 1, 1, 1))
+def pooled_padding(height: int, width: int) -> tuple[int, int, int, int]:
+    """The padding of a 3x3 convolution whose output a 2x2 max-pool (floor mode) reads: on an odd
+    map the pool never reads the last row and column, so they are not computed (no padding below
+    and to the right). The rows and columns computed are the same numbers as with SAME."""
+    return (1, 1 - width % 2, 1, 1 - height % 2)
+
+
+def im2col_3x3(x_nhwc, padding=SAME):
+    """(N, H, W, C) -> (N*H'*W', 9*C): each output pixel's 3x3 neighbourhood, zero-padded, in
+    (dy, dx, c) order; H' and W' are the output's size with that padding."""
+    left, right, top, bottom = padding
+    padded = F.pad(x_nhwc, (0, 0, left, right, top, bottom))
+    n, h, w, c = padded.shape[0], padded.shape[1] - 2, padded.shape[2] - 2, padded.shape[3]
     s = padded.stride()
     neighbourhoods = padded.as_strided((n, h, w, 3, 3, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
     return neighbourhoods.reshape(n * h * w, 9 * c)
 
 
-def weight_gradient_by_matmul(x_nhwc, grad_nhwc):
-    """The weight gradient (out, in, 3, 3) of a 3x3 convolution, stride 1, padding 1, from its
-    input (N, H, W, in) and output gradient (N, H, W, out), summed in float32 over products of
+def weight_gradient_by_matmul(x_nhwc, grad_nhwc, padding=SAME):
+    """The weight gradient (out, in, 3, 3) of a 3x3 convolution, stride 1, with `padding`, from its
+    input (N, H, W, in) and output gradient (N, H', W', out), summed in float32 over products of
     IMAGES_PER_PRODUCT images: their im2col stays in the cache, where the whole batch's went
     through memory at a few GB/s."""
     in_channels, out_channels = x_nhwc.shape[-1], grad_nhwc.shape[-1]
@@ -45,62 +60,87 @@ def weight_gradient_by_matmul(x_nhwc, grad_nhwc):
     for start in range(0, len(x_nhwc), IMAGES_PER_PRODUCT):
         images = slice(start, start + IMAGES_PER_PRODUCT)
         grad_rows = grad_nhwc[images].reshape(-1, out_channels)  # (images*H*W, out)
-        grad_weight += grad_rows.t() @ im2col_3x3(x_nhwc[images])  # (out, 9*in)
+        grad_weight += grad_rows.t() @ im2col_3x3(x_nhwc[images], padding)  # (out, 9*in)
     return grad_weight.to(x_nhwc.dtype).view(out_channels, 3, 3, in_channels).permute(0, 3, 1, 2)
 
 
-def conv_by_matmul(x, weight):
-    """F.conv2d(x, weight, padding=1) as one matrix product on channels_last tensors:
-    (N, in, H, W) -> (N, out, H, W), channels_last."""
+def conv_by_matmul(x, weight, padding=SAME):
+    """conv2d(F.pad(x, padding), weight) as one matrix product on channels_last tensors:
+    (N, in, H, W) -> (N, out, H', W'), channels_last."""
+    left, right, top, bottom = padding
     n, _, h, w = x.shape
-    columns = im2col_3x3(x.permute(0, 2, 3, 1))  # (N*H*W, 9*in)
-    out = columns @ weight.permute(0, 2, 3, 1).reshape(len(weight), -1).t()  # (N*H*W, out)
+    h, w = h + top + bottom - 2, w + left + right - 2
+    columns = im2col_3x3(x.permute(0, 2, 3, 1), padding)  # (N*H'*W', 9*in)
+    out = columns @ weight.permute(0, 2, 3, 1).reshape(len(weight), -1).t()  # (N*H'*W', out)
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def input_gradient_by_matmul(grad_out, weight):
-    """The input gradient of a 3x3 convolution, stride 1, padding 1: the convolution of the
-    output gradient with the filters mirrored and their channel axes swapped."""
+    """The input gradient of a 3x3 convolution, stride 1, padding 1 (see same_size_gradient): the
+    convolution of the output gradient with the filters mirrored and their channel axes swapped."""
     return conv_by_matmul(grad_out, weight.flip(2, 3).transpose(0, 1))
 
 
+def same_size_gradient(grad_out, padding):
+    """The output gradient of a convolution with `padding`, zero-extended to the input's size:
+    the rows and columns not computed contribute nothing, so the input gradient is then the
+    padding-1 convolution's."""
+    _, right, _, bottom = padding
+    extended = F.pad(grad_out, (0, 1 - right, 0, 1 - bottom))
+    return extended.contiguous(memory_format=torch.channels_last)
+
+
+def conv_3x3(x, weight, padding):
+    """conv2d(F.pad(x, padding), weight), without the copy when the padding is SAME."""
+    if padding == SAME:
+        return F.conv2d(x, weight, padding=1)
+    return F.conv2d(F.pad(x, padding), weight)
+
+
 class SmallMapConv(torch.autograd.Function):
-    """F.conv2d(x, weight, padding=1), with the weight gradient as (output gradient)^T @ im2col(x);
+    """conv2d(F.pad(x, padding), weight), with the weight gradient as (output gradient)^T @ im2col(x);
     on tiny maps the forward pass and the input gradient are matrix products too, elsewhere
     oneDNN's."""
 
     @staticmethod
-    def forward(ctx, x, weight, tiny: bool):
+    def forward(ctx, x, weight, padding, tiny: bool):
         ctx.save_for_backward(x, weight)
-        ctx.tiny = tiny
-        return conv_by_matmul(x, weight) if tiny else F.conv2d(x, weight, padding=1)
+        ctx.padding, ctx.tiny = padding, tiny
+        return conv_by_matmul(x, weight, padding) if tiny else conv_3x3(x, weight, padding)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = None
-        if ctx.needs_input_grad[0] and ctx.tiny:
-            grad_x = input_gradient_by_matmul(grad_out, weight)
-        elif ctx.needs_input_grad[0]:
-            mask = [True, False, False]
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
-            )[0]
-        return grad_x, weight_gradient_by_matmul(x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)), None
+        if ctx.needs_input_grad[0]:
+            grad_same = grad_out if ctx.padding == SAME else same_size_gradient(grad_out, ctx.padding)
+            if ctx.tiny:
+                grad_x = input_gradient_by_matmul(grad_same, weight)
+            else:
+                mask = [True, False, False]
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad_same, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+                )[0]
+        x_nhwc, grad_nhwc = x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)
+        return grad_x, weight_gradient_by_matmul(x_nhwc, grad_nhwc, ctx.padding), None, None
 
 
 class Conv3x3(nn.Conv2d):
-    """nn.Conv2d(cin, cout, 3, padding=1, bias=False), the same parameters and state dict."""
+    """nn.Conv2d(cin, cout, 3, padding=1, bias=False), the same parameters and state dict. With
+    pooled=True a 2x2 max-pool must read the output: in bf16 training on a small odd map, the
+    output then lacks the last row and column, which the pool would drop."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, pooled: bool = False):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=False)
+        self.pooled = pooled  # a 2x2 max-pool reads the output
 
     def forward(self, x):
         size = max(x.shape[-2:])
         if self.training and torch.is_grad_enabled() and size <= SMALL_MAP and bf16_autocast(x):
+            padding = pooled_padding(*x.shape[-2:]) if self.pooled and POOLED_ONLY else SAME
             x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-            return SmallMapConv.apply(x, self.weight.to(torch.bfloat16), size <= TINY_MAP)
+            return SmallMapConv.apply(x, self.weight.to(torch.bfloat16), padding, size <= TINY_MAP)
         return super().forward(x)
 
 

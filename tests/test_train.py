@@ -86,31 +86,39 @@ def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shap
     assert diagonal.min() > 0.5 and diagonal.max() < 1.3  # from singular values ~10x apart
 
 
-@pytest.mark.parametrize("size", [2, 3, 5, 7, 15, 16])
-def test_small_map_convolution_computes_what_conv2d_computes(size):
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 15, 16])
+def test_small_map_convolution_computes_what_conv2d_computes(size, pooled):
     # bf16 training takes the weight gradient of maps up to SMALL_MAP (15) px as matrix
     # products, and on maps up to TINY_MAP (5) px the forward pass and input gradient too; larger
     # maps stay with nn.Conv2d's. A matrix product rounds its bf16 sums in its own order. The
-    # batch spans three of the weight gradient's products, the last one short.
+    # batch spans three of the weight gradient's products, the last one short. Before a 2x2
+    # max-pool (pooled), a small odd map's convolution computes only the rows and columns the
+    # pool reads, and what the pool returns must not change.
     from cifarcli.small_map_conv import IMAGES_PER_PRODUCT, SMALL_MAP, TINY_MAP, Conv3x3
 
     generator = torch.Generator().manual_seed(size)
-    ours, reference = Conv3x3(16, 8), torch.nn.Conv2d(16, 8, 3, padding=1, bias=False)
+    ours, reference = Conv3x3(16, 8, pooled), torch.nn.Conv2d(16, 8, 3, padding=1, bias=False)
     reference.load_state_dict(ours.state_dict())
+    pool = torch.nn.MaxPool2d(2) if pooled else torch.nn.Identity()
     batch = 2 * IMAGES_PER_PRODUCT + 2
     inputs = torch.randn(batch, 16, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
-    upstream = torch.randn(batch, 8, size, size, generator=generator)
+    out_size = size // 2 if pooled else size
+    upstream = torch.randn(batch, 8, out_size, out_size, generator=generator)
     results = []
     for conv in (ours, reference):
         x = inputs.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = conv(x)
+            conv_out = conv(x)
+            out = pool(conv_out)
         (out.float() * upstream).sum().backward()
         results.append((out, x.grad, conv.weight.grad))
         if conv is ours:
-            assert (type(out.grad_fn).__name__ == "SmallMapConvBackward") == (size <= SMALL_MAP)
+            assert (type(conv_out.grad_fn).__name__ == "SmallMapConvBackward") == (size <= SMALL_MAP)
+            computed = size - 1 if pooled and size % 2 and size <= SMALL_MAP else size
+            assert conv_out.shape[-2:] == (computed, computed)
     (out, input_grad, _), (out_ref, input_grad_ref, _) = results
-    if size > TINY_MAP:  # oneDNN's own forward and input gradient
+    if size > TINY_MAP and not pooled:  # oneDNN's own forward and input gradient on the same shapes
         assert torch.equal(out, out_ref) and torch.equal(input_grad, input_grad_ref)
     for value, expected in zip(*results, strict=True):  # output, input gradient, weight gradient
         scale = expected.float().abs().max().item()
