@@ -59,7 +59,7 @@ def weight_gradient_by_matmul(x_nhwc, grad_nhwc, padding=SAME):
     grad_weight = torch.zeros(out_channels, 9 * in_channels, dtype=torch.float32, device=x_nhwc.device)
     for start in range(0, len(x_nhwc), IMAGES_PER_PRODUCT):
         images = slice(start, start + IMAGES_PER_PRODUCT)
-        grad_rows = grad_nhwc[images].reshape(-1, out_channels)  # (images*H*W, out)
+        grad_rows = grad_nhwc[images].reshape(-1, out_channels)  # (images*H'*W', out)
         grad_weight += grad_rows.t() @ im2col_3x3(x_nhwc[images], padding)  # (out, 9*in)
     return grad_weight.to(x_nhwc.dtype).view(out_channels, 3, 3, in_channels).permute(0, 3, 1, 2)
 
