@@ -13,12 +13,12 @@ than a matrix product as well: taking those too made the 24 px steps another 1.1
 products of 64 images, whose im2col stays in the cache, instead of one product over the whole
 batch made the steps another 1.03-1.10x faster (16 and 12 pairs). Before a 2x2 max-pool, a
 convolution on an odd map computes only the rows and columns the pool reads (its last row and
-column are never read): 1.10x faster 24 px steps and 1.02x 32 px steps (medians of 20 and 24
-pairs; 1.04x by the mean), the same numbers out of the pool. On the first block's 23 and 31 px
-maps the padding copy this needs made oneDNN's forward slower, so it is not done there.
+column are never read): 1.07x faster 24 px steps and 1.05x 32 px steps (medians of 20 pairs;
+1.08x and 1.07x by the mean), the same numbers out of the pool. On the first block's 23 and 31
+px maps the padding copy this needs made oneDNN's forward slower, so it is not done there.
 Everywhere else, and in fp32 (where the matrix products were slower), evaluation and export,
-the convolution is nn.Conv2d's own. Only models.py imports this module, inside its builders, so torch is
-imported at the top.
+the convolution is nn.Conv2d's own. Only models.py imports this module, inside its builders, so
+torch is imported at the top.
 """
 
 import torch
@@ -85,12 +85,14 @@ def same_size_gradient(grad_out, padding):
     """The output gradient of a convolution with `padding`, zero-extended to the input's size:
     the rows and columns not computed contribute nothing, so the input gradient is then the
     padding-1 convolution's."""
+    if padding == SAME:
+        return grad_out
     _, right, _, bottom = padding
     extended = F.pad(grad_out, (0, 1 - right, 0, 1 - bottom))
     return extended.contiguous(memory_format=torch.channels_last)
 
 
-def conv_3x3(x, weight, padding):
+def padded_conv2d(x, weight, padding):
     """conv2d(F.pad(x, padding), weight), without the copy when the padding is SAME."""
     if padding == SAME:
         return F.conv2d(x, weight, padding=1)
@@ -106,7 +108,7 @@ class SmallMapConv(torch.autograd.Function):
     def forward(ctx, x, weight, padding, tiny: bool):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.tiny = padding, tiny
-        return conv_by_matmul(x, weight, padding) if tiny else conv_3x3(x, weight, padding)
+        return conv_by_matmul(x, weight, padding) if tiny else padded_conv2d(x, weight, padding)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -114,7 +116,7 @@ class SmallMapConv(torch.autograd.Function):
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_same = grad_out if ctx.padding == SAME else same_size_gradient(grad_out, ctx.padding)
+            grad_same = same_size_gradient(grad_out, ctx.padding)
             if ctx.tiny:
                 grad_x = input_gradient_by_matmul(grad_same, weight)
             else:
