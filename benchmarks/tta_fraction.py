@@ -1,17 +1,22 @@
-"""How much of TTA's gain survives when only the least sure images get the extra views?
+"""Which images should get TTA's extra views? Accuracy against passes over the data.
 
     python benchmarks/tta_fraction.py [--models A.pt B.pt ...] [--data PATH] [--precision fp32|bf16]
 
-For each model, scores the test split once per TTA view (level 2: the image, its mirror, two
-one-pixel translations and their mirrors, in fp32 or, with --precision bf16, under bf16 autocast as
-training's estimates are scored); then, for each fraction, the accuracy when
-only that fraction of each batch of EVAL_BATCH images (those whose two best logits are closest)
-gets the weighted sum of the views, and the cost in passes over the data. Appends one row per
-fraction (each model's accuracy and their mean) to BENCHMARKS.md. Chose
-cifarcli.classifier.TTA_FRACTION.
+For each model, scores the test split once per TTA view of level 2 (the image, its mirror, two
+one-pixel translations and their mirrors) in fp32 or, with --precision bf16, under bf16 autocast.
+Then, for each rule, the accuracy when in each batch of EVAL_BATCH images the least sure
+`mirror` fraction (the smallest gaps between the two best logits) get the mirror view, and the
+least sure `translate` fraction of the batch, ranked again after the mirror, get the
+translations too (cifarcli.classifier's two stages); the rest keep their plain logits. A rule
+whose two fractions are equal gives every view to the same images (the one-stage rule used
+before). Passes over the data: 1 + mirror + 4 x translate. Checks that the rule of
+cifarcli.classifier, applied here to the stored views, gives the first model's scoring by
+`predict_plain_and_tta` to the image, and appends one row per rule to BENCHMARKS.md. Chose
+MIRROR_FRACTION and TRANSLATE_FRACTION.
 """
 
 import argparse
+import math
 import os
 import time
 
@@ -19,30 +24,49 @@ import numpy as np
 import torch
 from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
 
-from cifarcli.classifier import EVAL_BATCH, TorchClassifier, least_sure, tta_views
+from cifarcli.classifier import (
+    EVAL_BATCH,
+    MIRROR_FRACTION,
+    TRANSLATE_FRACTION,
+    TorchClassifier,
+    least_sure,
+    mirror,
+    predict_plain_and_tta_in_batches,
+    translated_views,
+)
 from cifarcli.data import load_dataset
 
-FRACTIONS = [0.0, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0]
+RULES = [  # (mirror fraction, translate fraction)
+    (0.0, 0.0), (0.2, 0.2), (0.25, 0.25), (0.3, 0.3), (0.5, 0.5), (1.0, 1.0),
+    (0.25, 0.1), (0.25, 0.15), (0.3, 0.1), (0.3, 0.15), (0.4, 0.1), (0.4, 0.15), (0.4, 0.2),
+    (0.5, 0.15), (0.5, 0.2),
+]  # fmt: skip
+SECTION = "TTA in two stages on the least sure images (`benchmarks/tta_fraction.py`)"
+COLUMNS = [
+    "date", "machine", "models", "scored in", "mirror to", "translations to", "passes", "test acc of each", "mean",
+]  # fmt: skip
 
 
-def views_by_batch(classifier, images) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per batch of EVAL_BATCH: (plain logits, full TTA logits)."""
-    batches = []
+def score_views(classifier, images) -> np.ndarray:
+    """(6, N, classes): the logits of the image, its mirror and the four translated views."""
+    views = np.zeros((6, len(images), len(classifier.info.classes)), np.float32)
     for start in range(0, len(images), EVAL_BATCH):
         batch = images[start : start + EVAL_BATCH]
-        views = [(weight, classifier.predict_logits(np.ascontiguousarray(v))) for weight, v in tta_views(batch, 2)]
-        batches.append((views[0][1], sum(weight * logits for weight, logits in views)))
-    return batches
+        for index, view in enumerate([batch, mirror(batch), *translated_views(batch)]):
+            views[index, start : start + len(batch)] = classifier.predict_logits(np.ascontiguousarray(view))
+    return views
 
 
-def accuracy_with_fraction(batches, labels, fraction: float) -> float:
-    predictions = []
-    for plain, full in batches:
-        mixed = plain.copy()
-        unsure = least_sure(plain, fraction)
-        mixed[unsure] = full[unsure]
-        predictions.append(mixed.argmax(1))
-    return float((np.concatenate(predictions) == labels).mean())
+def tta_logits(views: np.ndarray, mirror_fraction: float, translate_fraction: float) -> np.ndarray:
+    """The two-stage rule of Classifier.predict_plain_and_tta, on stored views."""
+    total = views[0].copy()
+    for start in range(0, views.shape[1], EVAL_BATCH):
+        plain = views[0, start : start + EVAL_BATCH]
+        unsure = start + least_sure(plain, math.ceil(mirror_fraction * len(plain)))
+        total[unsure] = 0.5 * (views[0, unsure] + views[1, unsure])
+        unsurest = unsure[least_sure(total[unsure], math.ceil(translate_fraction * len(plain)))]
+        total[unsurest] = 0.5 * total[unsurest] + 0.125 * views[2:, unsurest].sum(axis=0)
+    return total
 
 
 def main() -> None:
@@ -58,22 +82,28 @@ def main() -> None:
         started = time.perf_counter()
         classifier = TorchClassifier.from_checkpoint(path)
         classifier.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
-        scored.append(views_by_batch(classifier, test.images))
-        seconds = time.perf_counter() - started
-        print(f"{path}: 6 views of {len(test)} images in {args.precision} in {seconds:.0f} s", flush=True)
+        scored.append(score_views(classifier, test.images))
+        print(f"{path}: 6 views of {len(test)} images in {args.precision} in {time.perf_counter() - started:.0f} s")
+        if len(scored) == 1:
+            _, scoring = predict_plain_and_tta_in_batches(classifier, test.images, EVAL_BATCH, 2)
+            stored = tta_logits(scored[0], MIRROR_FRACTION, TRANSLATE_FRACTION)
+            agree = (scoring.argmax(1) == stored.argmax(1)).mean()
+            print(f"the package's TTA and this rule on the stored views agree on {agree:.2%} of the images")
+            assert agree == 1.0, "tta_logits no longer follows Classifier.predict_plain_and_tta"
 
     shown = ", ".join(f"`{os.path.relpath(path, ROOT)}`" for path in args.models)
     rows = []
-    for fraction in FRACTIONS:
-        accuracies = [accuracy_with_fraction(batches, test.labels, fraction) for batches in scored]
+    for mirror_fraction, translate_fraction in RULES:
+        predictions = [tta_logits(views, mirror_fraction, translate_fraction).argmax(1) for views in scored]
+        accuracies = [(predicted == test.labels).mean() for predicted in predictions]
         each = " / ".join(f"{acc:.2%}" for acc in accuracies)
+        passes = 1 + mirror_fraction + 4 * translate_fraction
         rows.append(
-            f"| {today()} | {machine()} | {shown} | {args.precision} | {fraction:.0%} | {1 + 5 * fraction:.2f} | "
-            f"{each} | {np.mean(accuracies):.2%} |"
+            f"| {today()} | {machine()} | {shown} | {args.precision} | {mirror_fraction:.0%} | "
+            f"{translate_fraction:.0%} | {passes:.2f} | {each} | {np.mean(accuracies):.3%} |"
         )
-        print(rows[-1])
-    columns = ["date", "machine", "models", "scored in", "images given the views", "passes", "test acc of each", "mean"]
-    append_to_benchmarks("TTA on the least sure images (`benchmarks/tta_fraction.py`)", rows, columns)
+        print(rows[-1].split(" | ")[4:], flush=True)
+    append_to_benchmarks(SECTION, rows, COLUMNS)
 
 
 if __name__ == "__main__":

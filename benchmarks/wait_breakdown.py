@@ -4,8 +4,9 @@
 
 Times, in this process, what a run does besides its steps: the imports, loading the decoded
 data from the cache, setup() (pixel statistics, model, whitening, padded images), one epoch's
-estimate on the sample of the test split in the training precision, and the final exact scoring
-(fp32, plain and TTA in one pass). Weights do not change these times, so the model is as
+estimate on the sample of the test split in the training precision, one epoch's checkpoints
+(last.pt with the training state, best.pt without), and the final exact scoring (fp32, plain and
+TTA in one pass). Weights do not change these times, so the model is as
 setup() builds it. Prints; the figures go to BENCHMARKS.md by hand, beside a run's wall time.
 """
 
@@ -22,7 +23,7 @@ from cifarcli.classifier import EVAL_BATCH, predict_in_batches, predict_plain_an
 from cifarcli.data import load_dataset  # noqa: E402
 from cifarcli.models import get_model_entry  # noqa: E402
 from cifarcli.run import prepare_run, process_settings  # noqa: E402
-from cifarcli.train import setup  # noqa: E402
+from cifarcli.train import save, setup  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - started
 
@@ -53,6 +54,12 @@ def main() -> None:
                 f"one epoch's estimate ({len(training.epoch_test)} images, {context.precision})",
                 lambda: predict_in_batches(training.estimator, training.epoch_test.images, EVAL_BATCH),
             )
+            timed(
+                "one epoch's checkpoints (last.pt and best.pt, each written and synced)",
+                lambda: (save(training, "last.pt", 1, {}, True), save(training, "best.pt", 1, {}, False)),
+            )
+        sizes = [(context.run_dir / name).stat().st_size / 1e6 for name in ("last.pt", "best.pt")]
+        print(f"  (before any step, so no optimizer state: last.pt {sizes[0]:.1f} MB, best.pt {sizes[1]:.1f} MB)")
         timed(
             f"the final scoring (fp32, {len(dataset.test)} images, plain and TTA level {recipe.tta})",
             lambda: predict_plain_and_tta_in_batches(training.classifier, dataset.test.images, EVAL_BATCH, recipe.tta),

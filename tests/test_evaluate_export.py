@@ -30,21 +30,39 @@ def test_evaluating_the_onnx_export_matches_pytorch(trained_run, exported, datas
         assert abs(torch_result.accuracy - onnx_result.accuracy) <= 0.001
 
 
-def test_tta_blends_all_views_for_the_least_sure_images_and_keeps_the_rest(trained_run, dataset):
-    from cifarcli.classifier import TTA_FRACTION, least_sure, tta_views
+def test_tta_gives_the_mirror_then_the_translations_to_the_least_sure_images(trained_run, dataset):
+    from cifarcli.classifier import MIRROR_FRACTION, TRANSLATE_FRACTION
 
     classifier = load_classifier(trained_run.run_dir / "last.pt")
     images = dataset.test.images[:40]
     plain, tta = classifier.predict_plain_and_tta(images, level=2)
     np.testing.assert_array_equal(plain, classifier.predict_logits(images))
-    unsure = least_sure(plain, TTA_FRACTION)
-    assert len(unsure) == 10
-    margins = np.diff(np.sort(plain, axis=1)[:, -2:], axis=1).ravel()
-    assert margins[unsure].max() <= np.delete(margins, unsure).min()
-    full = sum(weight * classifier.predict_logits(np.ascontiguousarray(view)) for weight, view in tta_views(images, 2))
-    np.testing.assert_allclose(tta[unsure], full[unsure], rtol=1e-5, atol=1e-5)
-    sure = np.setdiff1d(np.arange(len(images)), unsure)
-    np.testing.assert_array_equal(tta[sure], plain[sure])
+
+    def logits_of(views):
+        return classifier.predict_logits(np.ascontiguousarray(views))
+
+    def margins(logits):
+        top_two = np.sort(logits, axis=1)[:, -2:]
+        return top_two[:, 1] - top_two[:, 0]
+
+    # airbench's level 2 on every image: the image and its mirror half the weight, the mirrors of
+    # the two one-pixel translations (reflect padding) the other half.
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, 2:, 2:], padded[:, :-2, :-2]
+    with_mirror = 0.5 * (plain + logits_of(images[:, :, ::-1]))
+    translated = sum(logits_of(view) + logits_of(view[:, :, ::-1]) for view in (up_left, down_right))
+    full = 0.5 * with_mirror + 0.125 * translated
+
+    kept = np.flatnonzero((tta == plain).all(axis=1))
+    got_full = np.flatnonzero(np.isclose(tta, full, rtol=1e-5, atol=1e-5).all(axis=1))
+    got_mirror = np.setdiff1d(np.arange(len(images)), np.union1d(kept, got_full))
+    np.testing.assert_allclose(tta[got_mirror], with_mirror[got_mirror], rtol=1e-5, atol=1e-5)
+    assert len(got_full) == np.ceil(TRANSLATE_FRACTION * len(images)) == 6
+    assert len(got_full) + len(got_mirror) == np.ceil(MIRROR_FRACTION * len(images)) == 16
+    # The mirror went to the least sure by their plain logits, the translations to the least sure
+    # of those by their blend with the mirror.
+    assert margins(plain)[np.union1d(got_full, got_mirror)].max() <= margins(plain)[kept].min()
+    assert margins(with_mirror)[got_full].max() <= margins(with_mirror)[got_mirror].min()
 
 
 def test_metrics_agree_with_the_predictions(trained_run, dataset, tmp_path):
