@@ -36,7 +36,7 @@ from cifarcli.data import load_dataset
 from cifarcli.models import DEFAULT_MODEL, get_model_entry
 from cifarcli.run import prepare_run, process_settings
 from cifarcli.small_map_conv import conv_by_matmul, input_gradient_by_matmul, weight_gradient_by_matmul
-from cifarcli.train import augment_batch, crop_size, flip_masks, setup
+from cifarcli.train import augment_batch, crop_size, draw_crop_offsets, flip_masks, setup
 
 PHASES = ("augmentation", "forward", "backward", "optimizers")
 SECTION = "Where a training step's time goes (`benchmarks/step_phases.py`)"
@@ -68,7 +68,8 @@ def time_step(training, size: int, indices, flips) -> dict:
     """Milliseconds of each phase of one training step on the given images."""
     t, dtype = training, training.context.autocast_dtype
     marks = [time.perf_counter()]
-    inputs = augment_batch(t.padded, indices, size, flips[indices], t.generator)
+    offsets = draw_crop_offsets(t.padded, size, 1, len(indices), t.generator)
+    inputs = augment_batch(t.padded, indices, size, flips[indices], None if offsets is None else offsets[0])
     inputs = inputs.float().div_(255).contiguous(memory_format=torch.channels_last)
     marks.append(time.perf_counter())
     with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):

@@ -42,6 +42,7 @@ HELD_OUT_FILE = "held_out.txt"  # a class-folder source's test files, one path i
 # A fixed sample of the test split scores the epochs before the last: scoring all 10,000 CIFAR
 # test images in fp32 after every epoch made `cifar train` wait 1.15-1.4x its training time.
 EPOCH_TEST_IMAGES = 2000
+GPU_STEPS_PER_REPORT = 10  # steps between progress reports on a GPU, where each report waits for the device
 HISTORY_FIELDS = [
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_images", "scored_in", "lr", "seconds",
     "images_per_s",
@@ -57,23 +58,37 @@ def reflect_pad(images: np.ndarray, pad: int) -> np.ndarray:
     return np.ascontiguousarray(padded.transpose(0, 3, 1, 2))
 
 
-def augment_batch(padded, indices, size, flip_mask, generator):
-    """Random crop of size x size pixels (a translation when the padded images are only a few
-    pixels larger) and horizontal flip for one batch.
+def draw_crop_offsets(padded, size: int, steps: int, batch_size: int, generator):
+    """The random crop offsets of an epoch's steps, (steps, 2, batch_size): each step's rows (dy)
+    then columns (dx), drawn in that order. None when the padded images are no larger than size."""
+    import torch
 
-    padded: uint8 (N, 3, H, W) tensor with H, W >= size; returns uint8 (B, 3, size, size).
+    spare_rows, spare_cols = padded.shape[2] - size, padded.shape[3] - size
+    if not (spare_rows or spare_cols):
+        return None
+
+    def draw(spare):
+        return torch.randint(0, spare + 1, (batch_size,), generator=generator)
+
+    return torch.stack([torch.stack([draw(spare_rows), draw(spare_cols)]) for _ in range(steps)])
+
+
+def augment_batch(padded, indices, size, flip_mask, offsets):
+    """Random crop of size x size pixels (a translation when the padded images are only a few
+    pixels larger) and horizontal flip for one batch, on the device that holds the images.
+
+    padded: uint8 (N, 3, H, W) tensor with H, W >= size; offsets: (2, B) from draw_crop_offsets,
+    or None; returns uint8 (B, 3, size, size).
     """
     import torch
 
     batch = padded[indices]
-    spare_rows, spare_cols = padded.shape[2] - size, padded.shape[3] - size
-    if spare_rows or spare_cols:
-        n = len(indices)
-        dy = torch.randint(0, spare_rows + 1, (n, 1, 1, 1), generator=generator)
-        dx = torch.randint(0, spare_cols + 1, (n, 1, 1, 1), generator=generator)
-        rows = dy + torch.arange(size).view(1, 1, size, 1)
-        cols = dx + torch.arange(size).view(1, 1, 1, size)
-        batch = batch[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
+    if offsets is not None:
+        n, device = len(indices), padded.device
+        rows = offsets[0].view(n, 1, 1, 1) + torch.arange(size, device=device).view(1, 1, size, 1)
+        cols = offsets[1].view(n, 1, 1, 1) + torch.arange(size, device=device).view(1, 1, 1, size)
+        channels = torch.arange(padded.shape[1], device=device).view(1, -1, 1, 1)
+        batch = batch[torch.arange(n, device=device).view(n, 1, 1, 1), channels, rows, cols]
     return torch.where(flip_mask.view(-1, 1, 1, 1), batch.flip(3), batch)
 
 
@@ -290,8 +305,8 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         lookahead=Lookahead(model) if recipe.lookahead else None,
         scaler=torch.amp.GradScaler(context.device_type) if context.precision == "fp16" else None,
         generator=generator,
-        padded=torch.from_numpy(reflect_pad(train_split.images, recipe.translate)),
-        labels=torch.from_numpy(train_split.labels),
+        padded=torch.from_numpy(reflect_pad(train_split.images, recipe.translate)).to(context.device),
+        labels=torch.from_numpy(train_split.labels).to(context.device),
         # Alternating flip (airbench): a random half is mirrored in even epochs, the other half in odd.
         flip_base=torch.rand(len(train_split), generator=generator) < 0.5,
         batch_size=batch_size,
@@ -317,10 +332,19 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
     t, context, recipe = training, training.context, training.recipe
     ranks = context.ranks
     t.model.train()
+    # The epoch's random draws on the CPU generator, then to the device at once: the steps then
+    # run from data already there, with no copy from the host and no wait for one.
     order = torch.randperm(len(t.labels), generator=t.generator)
     flips = flip_masks(recipe.flip, t.flip_base, epoch, t.generator)
     epoch_size = crop_size(epoch, t.info.input_size, recipe)
-    started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+    offsets = draw_crop_offsets(t.padded, epoch_size, steps, t.batch_size, t.generator)
+    order, flips = order.to(context.device), flips.to(context.device)
+    offsets = offsets.to(context.device) if offsets is not None else [None] * steps
+    # Reading the running sums makes the host wait for the device: on a GPU, every few steps.
+    report_every = 1 if context.device_type == "cpu" else GPU_STEPS_PER_REPORT
+    started, seen = time.perf_counter(), 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=context.device)
+    correct = torch.zeros((), dtype=torch.int64, device=context.device)
     for step in range(steps):
         global_step = epoch * t.steps_per_epoch + step
         if 0 <= t.whiten_bias_steps <= global_step:  # <=: a run resumed past that step too
@@ -329,11 +353,10 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
             group["lr"] = group["base_lr"] * lr_factor(global_step, t.total_steps, recipe)
         indices = order[step * t.batch_size : (step + 1) * t.batch_size]
         # Every rank augments the whole global batch alike, then keeps its shard.
-        inputs = augment_batch(t.padded, indices, epoch_size, flips[indices], t.generator)
+        inputs = augment_batch(t.padded, indices, epoch_size, flips[indices], offsets[step])
         inputs, indices = inputs[ranks.rank :: ranks.world], indices[ranks.rank :: ranks.world]
-        inputs = inputs.to(context.device, non_blocking=True).float().div_(255)  # (B, 3, H, W) in [0, 1]
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-        targets = t.labels[indices].to(context.device, non_blocking=True)  # (B,)
+        inputs = inputs.float().div_(255).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W) in [0, 1]
+        targets = t.labels[indices]  # (B,)
         dtype = context.autocast_dtype
         with torch.autocast(context.device_type, dtype=dtype, enabled=dtype is not None):
             logits = t.network(inputs).float()  # (B, classes)
@@ -342,14 +365,16 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
         step_optimizers(t, loss)
         if t.lookahead and (global_step + 1) % LOOKAHEAD_EVERY == 0:
             t.lookahead.update(0.95**LOOKAHEAD_EVERY * ((global_step + 1) / t.total_steps) ** 3)
-        loss_sum += loss.item() * len(indices)
-        correct += int((logits.argmax(1) == targets).sum())
+        loss_sum += loss.detach().double() * len(indices)
+        correct += (logits.argmax(1) == targets).sum()
         seen += len(indices)
-        events.step(step + 1, loss_sum / seen, correct / seen, seen * ranks.world / (time.perf_counter() - started))
+        if (step + 1) % report_every == 0 or step + 1 == steps:
+            rate = seen * ranks.world / (time.perf_counter() - started)
+            events.step(step + 1, loss_sum.item() / seen, correct.item() / seen, rate)
     if t.lookahead and epoch == t.epochs - 1:
         t.lookahead.update(1.0)  # end on the average (airbench)
     seconds = time.perf_counter() - started
-    loss_sum, correct, seen = sum_across([loss_sum, correct, seen], ranks)
+    loss_sum, correct, seen = sum_across([loss_sum.item(), correct.item(), seen], ranks)
     broadcast_tensors([*t.model.buffers(), *(t.lookahead.average if t.lookahead else [])], ranks)
     return loss_sum, int(correct), int(seen), seconds
 

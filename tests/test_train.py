@@ -13,7 +13,7 @@ from cifarcli.errors import CifarError
 from cifarcli.models import REGISTRY, get_model_entry
 from cifarcli.optim import lr_factor, make_optimizers, orthogonalize
 from cifarcli.run import prepare_run
-from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, reflect_pad, train
+from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, draw_crop_offsets, reflect_pad, train
 
 
 def test_tutorial_learns_held_out_shapes(trained_run):
@@ -69,7 +69,9 @@ def test_small_crops_come_first_and_are_windows_of_the_padded_images():
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     padded = torch.from_numpy(reflect_pad(images, 2))  # (6, 3, 36, 36)
     no_flip = torch.zeros(6, dtype=torch.bool)
-    crops = augment_batch(padded, torch.arange(6), 24, no_flip, torch.Generator().manual_seed(0))
+    offsets = draw_crop_offsets(padded, 24, 1, 6, torch.Generator().manual_seed(0))  # (1 step, 2, 6)
+    assert offsets.shape == (1, 2, 6) and offsets.min() >= 0 and offsets.max() <= 12
+    crops = augment_batch(padded, torch.arange(6), 24, no_flip, offsets[0])
     assert crops.shape == (6, 3, 24, 24) and crops.dtype == torch.uint8
     for crop, image in zip(crops, padded, strict=True):
         windows = image.unfold(1, 24, 1).unfold(2, 24, 1)  # (3, 13, 13, 24, 24)
