@@ -214,8 +214,8 @@ class Training:
     lookahead: "Lookahead | None"
     scaler: object  # torch.amp.GradScaler for fp16, else None
     generator: object  # torch.Generator: order, augmentation and flips
-    padded: object  # uint8 (N, 3, H+2p, W+2p) training images, reflect-padded once
-    labels: object  # int64 (N,)
+    padded: object  # uint8 (N, 3, H+2p, W+2p) training images, reflect-padded once, on the training device
+    labels: object  # int64 (N,), on the training device
     flip_base: object  # bool (N,): which images the alternating flip mirrors in even epochs
     batch_size: int  # global, over all processes
     steps_per_epoch: int
