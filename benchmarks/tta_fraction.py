@@ -16,7 +16,6 @@ MIRROR_FRACTION and TRANSLATE_FRACTION.
 """
 
 import argparse
-import math
 import os
 import time
 
@@ -29,7 +28,7 @@ from cifarcli.classifier import (
     MIRROR_FRACTION,
     TRANSLATE_FRACTION,
     TorchClassifier,
-    least_sure,
+    blend_tta,
     mirror,
     predict_plain_and_tta_in_batches,
     translated_views,
@@ -58,15 +57,15 @@ def score_views(classifier, images) -> np.ndarray:
 
 
 def tta_logits(views: np.ndarray, mirror_fraction: float, translate_fraction: float) -> np.ndarray:
-    """The two-stage rule of Classifier.predict_plain_and_tta, on stored views."""
-    total = views[0].copy()
-    for start in range(0, views.shape[1], EVAL_BATCH):
-        plain = views[0, start : start + EVAL_BATCH]
-        unsure = start + least_sure(plain, math.ceil(mirror_fraction * len(plain)))
-        total[unsure] = 0.5 * (views[0, unsure] + views[1, unsure])
-        unsurest = unsure[least_sure(total[unsure], math.ceil(translate_fraction * len(plain)))]
-        total[unsurest] = 0.5 * total[unsurest] + 0.125 * views[2:, unsurest].sum(axis=0)
-    return total
+    """cifarcli.classifier.blend_tta, batch by batch as Classifier scores, on stored views."""
+
+    def blend(batch):  # (6, EVAL_BATCH, classes)
+        mirror_logits, translated_logits = (lambda rows: batch[1, rows]), (lambda rows: batch[2:, rows])
+        return blend_tta(batch[0], 2, mirror_logits, translated_logits, mirror_fraction, translate_fraction)
+
+    return np.concatenate(
+        [blend(views[:, start : start + EVAL_BATCH]) for start in range(0, views.shape[1], EVAL_BATCH)]
+    )
 
 
 def main() -> None:

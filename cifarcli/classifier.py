@@ -66,6 +66,30 @@ def translated_views(images: np.ndarray) -> list[np.ndarray]:
     return views
 
 
+def blend_tta(
+    plain: np.ndarray,
+    level: int,
+    mirror_logits,
+    translated_logits,
+    mirror_fraction=MIRROR_FRACTION,
+    translate_fraction=TRANSLATE_FRACTION,
+) -> np.ndarray:
+    """The TTA logits of one batch from its plain logits (N, classes). Level 1 averages an image
+    and its mirror; level 2 (airbench's) gives that pair half the weight and the four translated
+    views an eighth each. Only the least sure images get them, in two stages (MIRROR_FRACTION).
+    mirror_logits(rows) gives the mirror view's logits of those rows of the batch,
+    translated_logits(rows) the four translated views' logits (4, len(rows), classes)."""
+    total = plain.copy()
+    if level <= 0:
+        return total
+    unsure = least_sure(plain, math.ceil(mirror_fraction * len(plain)))
+    total[unsure] = 0.5 * (plain[unsure] + mirror_logits(unsure))
+    if level >= 2:
+        unsurest = unsure[least_sure(total[unsure], math.ceil(translate_fraction * len(plain)))]
+        total[unsurest] = 0.5 * total[unsurest] + 0.125 * sum(translated_logits(unsurest))
+    return total
+
+
 class Classifier:
     info: ModelInfo
     source: str
@@ -77,21 +101,17 @@ class Classifier:
         return self.predict_plain_and_tta(images, level)[1]
 
     def predict_plain_and_tta(self, images: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
-        """The plain logits and the TTA logits of one batch. Level 1 averages an image and its
-        mirror; level 2 (airbench's) gives that pair half the weight and the four translated views
-        an eighth each. Only the least sure images get them, in two stages (see MIRROR_FRACTION)."""
-        plain = self.predict_logits(images)
-        total = plain.copy()
-        if level <= 0:
-            return plain, total
-        unsure = least_sure(plain, math.ceil(MIRROR_FRACTION * len(images)))
-        total[unsure] = 0.5 * (plain[unsure] + self.predict_logits(mirror(images[unsure])))
-        if level >= 2:
-            unsurest = unsure[least_sure(total[unsure], math.ceil(TRANSLATE_FRACTION * len(images)))]
+        """The plain logits and the TTA logits (blend_tta) of one batch."""
+
+        def mirror_logits(rows):
+            return self.predict_logits(mirror(images[rows]))
+
+        def translated_logits(rows):
             # One call for the four views: a batch's few unsurest are too few to run fast alone.
-            translated = self.predict_logits(np.concatenate(translated_views(images[unsurest])))
-            total[unsurest] = 0.5 * total[unsurest] + 0.125 * sum(np.split(translated, 4))
-        return plain, total
+            return np.split(self.predict_logits(np.concatenate(translated_views(images[rows]))), 4)
+
+        plain = self.predict_logits(images)
+        return plain, blend_tta(plain, level, mirror_logits, translated_logits)
 
 
 class TorchClassifier(Classifier):
