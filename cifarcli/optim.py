@@ -23,11 +23,10 @@ def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
     return 1 + (recipe.lr_end - 1) * (progress - recipe.lr_peak_at) / max(1e-9, 1 - recipe.lr_peak_at)
 
 
-def make_optimizers(model, recipe: Recipe, matmul_dtype=torch.float32) -> list:
+def make_optimizers(model, recipe: Recipe) -> list:
     """SGD with Nesterov momentum for everything, or (optimizer "muon") Muon for the trainable
     convolution filters and SGD for the rest. BatchNorm biases learn bias_lr_scale times faster
-    with weight decay scaled down by the same factor, so their decay per step is unchanged.
-    matmul_dtype: what Muon's Newton-Schulz products run in (bf16 in a bf16 run)."""
+    with weight decay scaled down by the same factor, so their decay per step is unchanged."""
     if recipe.optimizer not in ("sgd", "muon"):
         raise CifarError(f"recipe optimizer {recipe.optimizer!r}: choose 'sgd' or 'muon'")
     filters, norm_biases, others = [], [], []
@@ -47,7 +46,7 @@ def make_optimizers(model, recipe: Recipe, matmul_dtype=torch.float32) -> list:
         groups.append({"params": norm_biases, "lr": recipe.lr * scale, "weight_decay": recipe.weight_decay / scale})
     optimizers = [torch.optim.SGD(groups, momentum=recipe.momentum, nesterov=recipe.momentum > 0)]
     if filters:
-        optimizers.append(Muon(filters, lr=recipe.muon_lr, momentum=recipe.muon_momentum, matmul_dtype=matmul_dtype))
+        optimizers.append(Muon(filters, lr=recipe.muon_lr, momentum=recipe.muon_momentum))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["base_lr"] = group["lr"]
@@ -70,16 +69,10 @@ def orthogonalize(matrix, steps: int = NEWTON_SCHULZ_STEPS):
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum whose update, per filter bank (out channels x the rest), is
     orthogonalized; the weights are rescaled to norm sqrt(out channels) before each step, so
-    the learning rate sets the relative size of the change (airbench94_muon).
+    the learning rate sets the relative size of the change (airbench94_muon)."""
 
-    The orthogonalization runs in matmul_dtype. airbench94_muon runs it in bf16; so does a bf16
-    run here, where on a CPU with AMX a step on the default model's filters took 21.5 ms instead
-    of 39.8 ms with fp32 products (BENCHMARKS.md, "Muon's step"). Elsewhere fp32, since without
-    native bf16 a bf16 product is many times slower."""
-
-    def __init__(self, params, lr: float, momentum: float, matmul_dtype=torch.float32):
+    def __init__(self, params, lr: float, momentum: float):
         super().__init__(params, {"lr": lr, "momentum": momentum})
-        self.matmul_dtype = matmul_dtype
 
     @torch.no_grad()
     def step(self):
@@ -94,8 +87,7 @@ class Muon(torch.optim.Optimizer):
                 buffer.mul_(group["momentum"]).add_(param.grad)
                 update = param.grad.add(buffer, alpha=group["momentum"])
                 param.mul_(len(param) ** 0.5 / param.norm())
-                direction = orthogonalize(update.reshape(len(param), -1).to(self.matmul_dtype))
-                param.add_(direction.view_as(param), alpha=-group["lr"])
+                param.add_(orthogonalize(update.reshape(len(param), -1).float()).view_as(param), alpha=-group["lr"])
 
 
 class Lookahead:

@@ -305,7 +305,7 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         classifier=TorchClassifier(model, info, "training", context.device),
         estimator=TorchClassifier(model, info, "training", context.device, context.autocast_dtype),
         epoch_test=epoch_test_sample(dataset.test, EPOCH_TEST_IMAGES),
-        optimizers=make_optimizers(model, recipe, torch.bfloat16 if context.precision == "bf16" else torch.float32),
+        optimizers=make_optimizers(model, recipe),
         lookahead=Lookahead(model) if recipe.lookahead else None,
         scaler=torch.amp.GradScaler(context.device_type) if context.precision == "fp16" else None,
         generator=generator,

@@ -78,43 +78,14 @@ def test_small_crops_come_first_and_are_windows_of_the_padded_images():
         assert (windows == crop[:, None, None]).flatten(3).all(3).all(0).any()
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (10, 256)])
-def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shape, dtype, tolerance):
+def test_orthogonalize_brings_singular_values_near_one_and_keeps_directions(shape):
     matrix = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     u, _, v = torch.linalg.svd(matrix, full_matrices=False)
-    orthogonalized = orthogonalize(matrix.to(dtype))
-    assert orthogonalized.dtype == dtype
-    in_matrix_basis = u.T @ orthogonalized.float() @ v.T  # diagonal iff the singular vectors are kept
+    in_matrix_basis = u.T @ orthogonalize(matrix) @ v.T  # diagonal iff the singular vectors are kept
     diagonal = torch.diagonal(in_matrix_basis)
-    assert (in_matrix_basis - torch.diag(diagonal)).abs().max() < tolerance
+    assert (in_matrix_basis - torch.diag(diagonal)).abs().max() < 1e-4
     assert diagonal.min() > 0.5 and diagonal.max() < 1.3  # from singular values ~10x apart
-
-
-def test_muon_steps_in_the_runs_matmul_dtype(dataset, tmp_path):
-    # A bf16 run orthogonalizes Muon's updates in bf16 (airbench94_muon's choice), an fp32 run in
-    # fp32: the two steps from the same weights and gradients agree to a few per cent, not exactly.
-    from cifarcli.train import setup
-
-    recipe = get_model_entry("airbench-cpu").recipe
-    changes = {}
-    for precision in ("fp32", "bf16"):
-        training = setup(prepare_run("cpu", precision, run_dir=tmp_path / precision), dataset, "airbench-cpu", recipe)
-        muon = training.optimizers[-1]
-        assert muon.matmul_dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-        filters = muon.param_groups[0]["params"]
-        generator = torch.Generator().manual_seed(0)
-        for param in filters:
-            param.grad = torch.randn(param.shape, generator=generator)
-        before = [param.detach().clone() for param in filters]
-        muon.step()
-        # What the step did besides its rescaling of the weights to norm sqrt(out channels).
-        changes[precision] = [
-            param - old * len(old) ** 0.5 / old.norm() for param, old in zip(filters, before, strict=True)
-        ]
-    for fp32, bf16 in zip(changes["fp32"], changes["bf16"], strict=True):
-        assert not torch.equal(fp32, bf16)
-        assert (bf16 - fp32).norm() < 0.05 * fp32.norm()  # 0.7-2.1% for the default model's filters
 
 
 @pytest.mark.parametrize("pooled", [False, True])
