@@ -45,11 +45,13 @@ def test_checkpoint_is_plain_weights_with_json_safe_metadata(trained_run):
     assert info.metrics["test_acc_tta"] == trained_run.test_acc_tta
 
 
+@pytest.mark.filterwarnings("error")  # torch warns of a read-only array it is handed
 def test_channel_statistics_from_histograms_equal_numpys():
     from cifarcli.train import channel_mean_std
 
     images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     images[..., 2] //= 3  # a channel with another spread
+    images.setflags(write=False)
     mean, std = channel_mean_std(images)
     assert mean == (images.reshape(-1, 3).mean(0) / 255).round(4).tolist()
     assert std == (images.reshape(-1, 3).std(0) / 255).round(4).tolist()
