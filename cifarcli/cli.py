@@ -347,7 +347,7 @@ def predict_command(
     ] = False,
     precision: Annotated[
         str | None,
-        typer.Option(help="The bundled model in fp32 or int8 [the faster on this CPU: int8 where it has VNNI/AMX]."),
+        typer.Option(help="The bundled model in fp32 or int8 [int8 on x86 CPUs with AVX2, where INT8 ran faster]."),
     ] = None,
     as_json: JsonOption = False,
 ):

@@ -18,6 +18,11 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-def cpu_has_int8_dot_product() -> bool:
-    """VNNI or AMX: int8 dot products in one instruction, which ONNX Runtime's INT8 kernels use."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+def cpu_int8_instructions() -> "str | None":
+    """The instructions that ONNX Runtime's INT8 convolutions run on here: "VNNI/AMX" (int8 dot
+    products in one instruction), "AVX2" (pairs of products summed in 16 bits, which the 7-bit
+    weights of `cifar export --int8` cannot overflow), or None (neither: no INT8 figure exists)."""
+    flags = cpu_flags()
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & flags:
+        return "VNNI/AMX"
+    return "AVX2" if "avx2" in flags else None

@@ -20,12 +20,16 @@ import numpy as np
 
 from cifarcli.classifier import softmax
 from cifarcli.errors import CifarError, ImageDecodeError
-from cifarcli.hardware import cpu_has_int8_dot_product
+from cifarcli.hardware import cpu_int8_instructions
 from cifarcli.images import decode_image, is_image_name
 from cifarcli.onnx_model import BUNDLED_FOLDER
 
 # The bundled CIFAR-10 model, in fp32 and static INT8 (within 0.3 points of it; BENCHMARKS.md).
 BUNDLED_MODELS = {"fp32": BUNDLED_FOLDER / "default.onnx", "int8": BUNDLED_FOLDER / "default.int8.onnx"}
+# ONNX Runtime's INT8 rate against fp32's, by the instructions its INT8 kernels use (BENCHMARKS.md,
+# section "ONNX export"): the bundled models on a Xeon with VNNI and AMX; on AVX2-only Zen 3, an
+# earlier default model of the same kind of convolutions (no AVX2-only CPU since).
+INT8_GAIN = {"VNNI/AMX": "2.7x", "AVX2": "1.5x"}
 DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
 # Per worker. Each worker's ONNX Runtime call holds its own activations: at 64 two workers peaked
 # at 163 MB for the whole command, at 256 at 390 MB, with the same speed (BENCHMARKS.md).
@@ -35,17 +39,17 @@ GLOB_CHARACTERS = set("*?[")
 
 
 def choose_bundled_model(precision: "str | None") -> tuple[Path, str]:
-    """(bundled model, why) for --precision fp32, int8 or None (this CPU's choice). Measured
-    (BENCHMARKS.md): INT8 ran at 2.1-2.7x the fp32 rate in ONNX Runtime on a CPU with VNNI and AMX;
-    on AVX2-only CPUs only an older model was measured (1.5x), so they keep fp32, the model
-    whose accuracy training printed, until a measurement there says otherwise."""
+    """(bundled model, why) for --precision fp32, int8 or None (this CPU's choice): INT8 wherever
+    ONNX Runtime was measured to run it faster than fp32 (BENCHMARKS.md), fp32 elsewhere."""
     if precision is not None:
         if precision not in BUNDLED_MODELS:
             raise CifarError(f"--precision {precision}: choose {' or '.join(BUNDLED_MODELS)}")
         return BUNDLED_MODELS[precision], f"--precision {precision}"
-    if cpu_has_int8_dot_product():
-        return BUNDLED_MODELS["int8"], "INT8: this CPU has VNNI/AMX int8 instructions; --precision fp32 for fp32"
-    return BUNDLED_MODELS["fp32"], "fp32: this CPU lacks VNNI/AMX int8 instructions; --precision int8 for INT8"
+    instructions = cpu_int8_instructions()
+    if instructions is None:
+        return BUNDLED_MODELS["fp32"], "fp32: INT8 is unmeasured on CPUs without AVX2; --precision int8 for INT8"
+    gain = INT8_GAIN[instructions]
+    return BUNDLED_MODELS["int8"], f"INT8: {gain} fp32's rate on {instructions} CPUs; --precision fp32 for fp32"
 
 
 @dataclass

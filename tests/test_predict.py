@@ -251,16 +251,34 @@ def test_resume_drops_a_row_cut_short_and_writes_nothing_twice(image_folder, exp
 
 @pytest.mark.parametrize("precision", [None, "fp32", "int8"])
 def test_predict_says_which_bundled_model_it_uses_and_precision_overrides(precision, image_folder, tmp_path):
-    from cifarcli.hardware import cpu_has_int8_dot_product
+    from cifarcli.hardware import cpu_int8_instructions
     from cifarcli.predict import BUNDLED_MODELS
 
-    chosen = precision or ("int8" if cpu_has_int8_dot_product() else "fp32")
+    chosen = precision or ("int8" if cpu_int8_instructions() else "fp32")
     arguments = ["predict", str(image_folder / "test" / "disc"), "--json"]
     result = runner.invoke(app, arguments + (["--precision", precision] if precision else []))
     assert result.exit_code == 0, result.output
     first_line = result.stderr.splitlines()[0]
     assert first_line.startswith(f"using the bundled CIFAR-10 model {BUNDLED_MODELS[chosen].name} (")
     assert json.loads(result.stdout)["model"] == str(BUNDLED_MODELS[chosen])
+
+
+@pytest.mark.parametrize(
+    "flags, chosen, why",
+    [
+        ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, "int8", "2.7x fp32's rate on VNNI/AMX CPUs"),
+        ({"avx2", "fma"}, "int8", "1.5x fp32's rate on AVX2 CPUs"),
+        ({"sse4_2"}, "fp32", "unmeasured on CPUs without AVX2"),
+        (set(), "fp32", "unmeasured on CPUs without AVX2"),
+    ],
+)
+def test_bundled_model_follows_the_int8_measurements_by_cpu_kind(flags, chosen, why, monkeypatch):
+    from cifarcli import hardware
+    from cifarcli.predict import BUNDLED_MODELS, choose_bundled_model
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    model, reason = choose_bundled_model(None)
+    assert model == BUNDLED_MODELS[chosen] and why in reason
 
 
 def test_bundled_int8_model_stays_within_its_accuracy_budget_of_fp32():
