@@ -40,9 +40,10 @@ UNSURE = "unsure"  # the label of an image whose top confidence is below --min-c
 GLOB_CHARACTERS = set("*?[")
 # Files smaller than this are decoded one at a time. Their decoding is mostly Python (Pillow's
 # header parsing, about 0.13 ms a file) rather than libjpeg (about 17 ns a byte), and two threads
-# running that Python at once hand the GIL back and forth at every read: one at a time made the
-# 10,000 CIFAR JPEGs 1.3x faster in all, and photos no slower (BENCHMARKS.md, "Decoding one at a
-# time"). Larger files decode beside each other, libjpeg running without the GIL.
+# running that Python at once hand the GIL back and forth at every read. One at a time, the 10,000
+# CIFAR JPEGs ran 1.11-1.14x faster as whole commands (1.3x in predict_files alone), photos no
+# slower (BENCHMARKS.md, "Decoding one at a time"). Larger files decode beside each other, libjpeg
+# running without the GIL.
 ONE_AT_A_TIME_BELOW_BYTES = 8192
 SMALL_FILE_DECODING = threading.Lock()
 
