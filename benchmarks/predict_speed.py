@@ -59,7 +59,7 @@ COLUMNS = [
 ]
 
 
-def run_predict(paths: list[Path], model: Path, threads: int, rows: Path) -> tuple[float, int]:
+def run_predict(paths: list, model: Path, threads: int, rows: Path) -> tuple[float, int]:
     """(seconds, peak RSS in MB) of one `cifar predict` subprocess."""
     command = [
         sys.executable,
@@ -111,7 +111,7 @@ def main() -> None:
 
         copies = Path(temp) / "x10"
         for index in range(10):  # hard links: ten distinct files per image, no extra disk
-            for file in files:
+            for file in map(Path, files):
                 target = copies / f"copy{index}" / file.parent.name / file.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(file, target)
