@@ -16,8 +16,8 @@ and the accuracy of the predicted rows against folder names beside `cifar evalua
 The end-to-end rate is given as a fraction of two ceilings: the slower stage's rate (issue 5's
 bar), and the cores' ceiling (issue 15's): every worker both decodes and runs the model, so at
 best each core does both at its one-thread rates, threads / (1 / decode + 1 / ORT) with each
-stage timed on one thread (two threads of either stage alone contend for the GIL, which
-understates what the pipeline gets).
+stage timed on one thread in predict's batches of 64 (two threads of either stage alone contend
+for the GIL, which understates what the pipeline gets).
 """
 
 import argparse
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from cifarcli.classifier import OnnxClassifier
 from cifarcli.data import load_dataset
 from cifarcli.evaluate import evaluate
-from cifarcli.predict import choose_bundled_model, discover_images
+from cifarcli.predict import PREDICT_BATCH, choose_bundled_model, discover_images
 
 COLUMNS = [
     "date",
@@ -100,8 +100,8 @@ def main() -> None:
 
         images, decode_rate = decode_images(files, size, args.threads)
         ort_rate = inference_rate(classifier, images, workers=args.threads)
-        _, decode_one_thread = decode_images(files[:2000], size, threads=1)
-        ort_one_thread = inference_rate(classifier, images, workers=1)
+        _, decode_one_thread = decode_images(files, size, threads=1, batch_size=PREDICT_BATCH)
+        ort_one_thread = inference_rate(classifier, images, batch_size=PREDICT_BATCH, workers=1)
         ceiling = args.threads / (1 / decode_one_thread + 1 / ort_one_thread)
 
         seconds, peak_10k = run_predict([test], args.model, args.threads, Path(temp) / "rows.csv")
