@@ -374,7 +374,7 @@ def predict_command(
             raise CifarError("--resume: give the --output file of the run to continue")
         writer = RowWriter(output, top_k, resume) if output else None
         if writer and writer.done:
-            files = [path for path in files if str(path) not in writer.done]
+            files = [path for path in files if path not in writer.done]
             report.note(f"resuming: {len(writer.done):,} rows already in {output}, {len(files):,} files to go")
         started, summary = time.perf_counter(), Summary(keep_all=as_json)
         try:
