@@ -92,7 +92,7 @@ def trained_run(dataset, tmp_path_factory):
     from cifarcli.run import prepare_run
     from cifarcli.train import train
 
-    recipe = get_model_entry("tutorial").recipe.override(epochs=8, batch_size=32, lr=0.05)
+    recipe = get_model_entry("tutorial").recipe.override(epochs=12, batch_size=32, lr=0.05)
     run_dir = tmp_path_factory.mktemp("runs") / "exp"
     run_dir.mkdir()
     return train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=run_dir))

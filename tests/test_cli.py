@@ -216,7 +216,7 @@ def test_kill_9_then_resume_with_the_run_folder_alone_gives_the_uninterrupted_hi
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--epochs", "5"], "--epochs 5.0: the run being resumed has 8"),
+        (["--epochs", "5"], "--epochs 5.0: the run being resumed has 12"),
         (["--model", "airbench94"], "--model airbench94: the run being resumed has tutorial"),
         (["--data", "{tmp}"], "--data {tmp}: the run being resumed has"),
         (["--precision", "{other}"], "--precision {other}: the run being resumed has {precision}"),

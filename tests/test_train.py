@@ -28,10 +28,10 @@ def test_run_folder_holds_checkpoints_history_curves_and_config(trained_run):
     with open(run_dir / "history.csv") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == HISTORY_FIELDS
-    assert [int(row["epoch"]) for row in rows] == list(range(1, 9))
+    assert [int(row["epoch"]) for row in rows] == list(range(1, 13))
     assert float(rows[-1]["test_acc"]) == trained_run.test_acc
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"] == "tutorial" and config["recipe"]["epochs"] == 8
+    assert config["model"] == "tutorial" and config["recipe"]["epochs"] == 12
     assert config["data"]["classes"] == ["disc", "horizontal", "vertical"]
 
 
@@ -40,7 +40,7 @@ def test_checkpoint_is_plain_weights_with_json_safe_metadata(trained_run):
     json.dumps(raw["info"])  # JSON-safe
     info = load_checkpoint(trained_run.run_dir / "last.pt")["info"]
     assert info.model == "tutorial" and info.classes == ["disc", "horizontal", "vertical"]
-    assert info.input_size == 32 and len(info.mean) == 3 and info.epoch == 8
+    assert info.input_size == 32 and len(info.mean) == 3 and info.epoch == 12
     assert info.metrics["test_acc"] == trained_run.test_acc
     assert info.metrics["test_acc_tta"] == trained_run.test_acc_tta
 
