@@ -21,41 +21,53 @@ PROBE = (
 )
 
 
-def machine() -> str:
-    """CPU model, its relevant flags and the core count, e.g. 'AMD EPYC (avx2 only), 2 cores'.
-
-    Machines that /proc/cpuinfo names alike can differ in speed: BENCHMARK_MACHINE, when set,
-    prefixes the name with a label (e.g. "machine C") that BENCHMARKS.md explains."""
-    label = os.environ.get("BENCHMARK_MACHINE")
-    return f"{label}: {cpu_description()}" if label else cpu_description()
+RESULTS = ROOT / "benchmarks" / "results"
+# The instruction sets that change the answers here: bf16 training (avx512_bf16, amx) and INT8
+# inference (avx512_vnni, amx) run other kernels, and avx2 is the floor of every x86 kind seen.
+INSTRUCTION_SETS = {"avx2": ("avx2",), "avx512_bf16": ("avx512_bf16",), "avx512_vnni": ("avx512_vnni",),
+                    "amx": ("amx_bf16", "amx_int8", "amx_tile")}  # fmt: skip
 
 
-def cpu_description() -> str:
+def machine(gpu: "str | None" = None) -> dict:
+    """What a result ran on: the CPU's model name, cores and instruction sets, or the GPU."""
+    if gpu:
+        return {"gpu": gpu}
     try:
         lines = open("/proc/cpuinfo").read().splitlines()
     except OSError:
-        return platform.processor() or "unknown CPU"
+        return {"cpu": platform.processor() or "unknown CPU", "cores": os.cpu_count(), "isa": []}
     name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    extras = [flag for flag in ("avx512f", "avx512_bf16", "avx512_vnni") if flag in flags] or ["avx2 only"]
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    isa = [name_ for name_, needs in INSTRUCTION_SETS.items() if flags & set(needs)]
     cores = sum(line.startswith("processor") for line in lines)
-    return f"{name} ({', '.join(extras)}), {cores} cores"
+    return {"cpu": name, "cores": cores, "isa": isa}
 
 
-def append_to_benchmarks(section: str, lines: list[str], columns: list[str]) -> None:
-    """Append table rows under a '## section' heading of BENCHMARKS.md; a missing section is
-    created with a table header of these columns."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    heading = f"## {section}"
-    if heading not in text:
-        header = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}"
-        text = text.rstrip("\n") + f"\n\n{heading}\n\n{header}\n"
-    start = text.index(heading)
-    following = text.find("\n## ", start + len(heading))
-    end = len(text) if following == -1 else following
-    block = text[start:end].rstrip("\n") + "\n" + "\n".join(lines) + "\n"
-    path.write_text(text[:start] + block + text[end:])
+def git(*arguments: str) -> str:
+    return subprocess.run(["git", *arguments], cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+
+
+def commit() -> str:
+    """The checked-out commit, with "+" when tracked files differ from it."""
+    return git("rev-parse", "--short=7", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def code_version() -> str:
+    """The package's source tree at this commit, with "+" when it differs: results measured on the
+    same package belong together, whatever else the commit changed."""
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "cifarcli")
+    return git("rev-parse", "--short=7", "HEAD:cifarcli") + ("+" if changed else "")
+
+
+def append_result(suite: str, command: str, figures: dict) -> dict:
+    """Append one result to benchmarks/results/<suite>.jsonl: date, commit, machine, command,
+    then the figures. Returns the row."""
+    row = {"date": today(), "commit": commit(), "machine": machine(), "command": command, **figures}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"{suite}.jsonl", "a") as file:
+        file.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+    return row
 
 
 def timed_cifar_train(command: list[str], data: str) -> tuple[dict, float, str]:

@@ -149,6 +149,14 @@ def train_command(
             "fp16 on older GPUs, else fp32). Accuracy is always scored in fp32."
         ),
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override any recipe field, FIELD=VALUE (the fields are config.json's recipe), e.g. "
+            "--set label_smoothing=0.1 --set crops=16:2,24:3. Repeatable.",
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Run name: runs/train/<name>, numbered if it exists.")] = "exp",
     out: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs/train"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -162,7 +170,7 @@ def train_command(
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
     from cifarcli import report
     from cifarcli.distributed import launch_local, shutdown
-    from cifarcli.models import DEFAULT_MODEL, get_model_entry
+    from cifarcli.models import DEFAULT_MODEL, get_model_entry, parse_recipe_settings
     from cifarcli.run import TrainingInterrupted, load_resumable_run, prepare_run, refuse_contradictions
     from cifarcli.train import train
 
@@ -170,8 +178,9 @@ def train_command(
         with user_errors():
             raise typer.Exit(launch_local(nproc, arguments_without_nproc()))
     display = report.TrainDisplay()
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
     with user_errors():
+        options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
+        overrides = parse_recipe_settings(settings or []) | {k: v for k, v in options.items() if v is not None}
         run_dir, checkpoint = None, None
         if resume is not None:
             resumed = load_resumable_run(resume)
@@ -207,6 +216,7 @@ def train_command(
         print_json(
             {
                 "run_dir": str(result.run_dir),
+                "model": result.model,
                 "test_acc": result.test_acc,
                 "test_acc_tta": result.test_acc_tta,
                 "tta": result.tta,

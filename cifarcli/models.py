@@ -4,6 +4,8 @@ Every network takes float32 NCHW pixels in [0, 1] and normalises inside itself (
 are buffers), so training, evaluation, ONNX export and prediction share one input contract.
 """
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -12,7 +14,8 @@ from cifarcli.errors import CifarError
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that defines a training run besides the data. CLI flags override fields."""
+    """Everything that defines a training run besides the data. CLI flags override fields
+    (`cifar train --set FIELD=VALUE` any of them)."""
 
     epochs: float  # passes over the training split; a fraction trains part of the last one
     batch_size: int
@@ -29,8 +32,9 @@ class Recipe:
     lookahead: bool = False  # airbench's lookahead towards an EMA of the weights
     tta: int = 2  # test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations
     whiten_bias_epochs: float = 0.0  # the whitening layer's bias trains this long, then freezes
-    small_crop: int = 0  # progressive resizing: early epochs train on random crops this large (0: off)
-    small_crop_epochs: float = 0.0  # how many epochs use small_crop before the full size
+    # Progressive resizing by cropping: ((size, epochs), ...) trains the first epochs on random
+    # crops of these sizes, in order, then the rest on whole images; () trains on whole images.
+    crops: tuple = ()
     optimizer: str = "sgd"  # "sgd", or "muon": Muon for the convolution filters, SGD for the rest
     muon_lr: float = 0.0  # Muon's step, relative to the filters' norm
     muon_momentum: float = 0.0  # Muon's Nesterov momentum
@@ -41,10 +45,41 @@ class Recipe:
         unknown = set(values) - known
         if unknown:
             raise CifarError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
+        if values.get("crops") is not None:  # JSON (config.json, metadata) gives lists
+            values["crops"] = tuple((int(size), float(epochs)) for size, epochs in values["crops"])
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe in its JSON form (crops as lists), as config.json and checkpoints hold it."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def parse_recipe_settings(settings: list[str]) -> dict:
+    """`--set FIELD=VALUE` texts -> recipe overrides, each value read as its field's type:
+    numbers, true/false, names, and crops as SIZE:EPOCHS pairs ("16:2,24:3"; "" for none)."""
+    types = {f.name: f.type for f in fields(Recipe)}
+    values = {}
+    for setting in settings:
+        name, equals, text = setting.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or name not in types:
+            known = ", ".join(types)
+            raise CifarError(f"--set {setting}: give FIELD=VALUE with a recipe field ({known})")
+        kind = types[name]
+        try:
+            if kind is tuple:
+                pairs = [pair.split(":") for pair in text.split(",") if pair.strip()]
+                values[name] = tuple((int(size), float(epochs)) for size, epochs in pairs)
+            elif kind is bool:
+                values[name] = {"true": True, "1": True, "false": False, "0": False}[text.strip().lower()]
+            else:
+                values[name] = kind(text)
+        except (ValueError, KeyError):
+            example = {tuple: "16:2,24:3", bool: "true or false", int: "an integer", float: "a number"}
+            raise CifarError(f"--set {setting}: {name} takes {example.get(kind, 'a name')}") from None
+        if isinstance(values[name], float) and not math.isfinite(values[name]):
+            raise CifarError(f"--set {setting}: {name} takes a finite number")
+    return values
 
 
 @dataclass(frozen=True)
@@ -282,8 +317,7 @@ AIRBENCH_CPU_RECIPE = replace(
     optimizer="muon",
     muon_lr=0.24,
     muon_momentum=0.6,
-    small_crop=24,
-    small_crop_epochs=5,
+    crops=((24, 5),),
 )
 
 

@@ -93,11 +93,15 @@ def augment_batch(padded, indices, size, flip_mask, offsets):
 
 
 def crop_size(epoch: int, full_size: int, recipe: Recipe) -> int:
-    """Progressive resizing by cropping: the first small_crop_epochs train on random
-    small_crop-pixel crops, at the full images' scale, so those steps cost (small/full)^2.
-    Images no larger than small_crop train at their full size throughout."""
-    if 0 < recipe.small_crop < full_size and epoch < recipe.small_crop_epochs:
-        return recipe.small_crop
+    """Progressive resizing by cropping: the recipe's crop stages, ((size, epochs), ...), train
+    the first epochs on random crops at the full images' scale, whose steps cost less than whole
+    images' (benchmarks/training.py prices them); then whole images. A crop no smaller than the
+    images trains at their full size."""
+    stage_end = 0.0
+    for size, epochs in recipe.crops:
+        stage_end += epochs
+        if epoch < stage_end:
+            return min(size, full_size)
     return full_size
 
 
@@ -193,6 +197,7 @@ def is_exact(row: dict, test_images: int) -> bool:
 @dataclass
 class TrainResult:
     run_dir: Path
+    model: str
     history: list[dict]
     test_acc: float  # final weights, no TTA, fp32
     test_acc_tta: float  # final weights, with the recipe's TTA, fp32
@@ -452,6 +457,7 @@ def finish(training: Training) -> TrainResult:
         plot_curves(t.context.run_dir / "curves.png", t.history)
     return TrainResult(
         t.context.run_dir,
+        t.info.model,
         t.history,
         last["test_acc"],
         round(t.final_tta_acc, 5),

@@ -65,9 +65,9 @@ def test_lr_schedule_is_piecewise_linear():
 
 
 def test_small_crops_come_first_and_are_windows_of_the_padded_images():
-    recipe = get_model_entry("airbench-cpu").recipe.override(small_crop=24, small_crop_epochs=5)
-    assert [crop_size(epoch, 32, recipe) for epoch in (0, 4, 5, 9)] == [24, 24, 32, 32]
-    assert crop_size(0, 20, recipe) == 20  # images no larger than the crop keep their size
+    recipe = get_model_entry("airbench-cpu").recipe.override(crops=[[16, 2], [24, 3]])
+    assert [crop_size(epoch, 32, recipe) for epoch in (0, 1, 2, 4, 5, 9)] == [16, 16, 24, 24, 32, 32]
+    assert crop_size(2, 20, recipe) == 20  # images no larger than the crop keep their size
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     padded = torch.from_numpy(reflect_pad(images, 2))  # (6, 3, 36, 36)
     no_flip = torch.zeros(6, dtype=torch.bool)
@@ -156,7 +156,8 @@ def test_same_seed_gives_identical_history(dataset, tmp_path):
 @pytest.mark.parametrize("name", ["tutorial", "airbench-cpu"])
 def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, tmp_path):
     # airbench-cpu: Muon's state, and the switch from small crops to full images after epoch 2.
-    recipe = get_model_entry(name).recipe.override(epochs=3, batch_size=80, small_crop_epochs=2)
+    crops = [[24, 2]] if get_model_entry(name).recipe.crops else None
+    recipe = get_model_entry(name).recipe.override(epochs=3, batch_size=80, crops=crops)
     whole = train(dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path / "whole"))
 
     class StopAfterEpoch2:
@@ -322,3 +323,16 @@ def test_lookahead_ends_on_the_average():
         model.weight.add_(1.0)
     lookahead.update(1.0)
     torch.testing.assert_close(model.weight.detach(), average[0])
+
+
+def test_recipe_settings_are_read_as_their_fields_types():
+    from cifarcli.models import parse_recipe_settings
+
+    settings = ["label_smoothing=0.1", "batch-size=500", "lookahead=true", "flip=random", "crops=16:2,24:3.5"]
+    assert parse_recipe_settings(settings) == {
+        "label_smoothing": 0.1, "batch_size": 500, "lookahead": True, "flip": "random", "crops": ((16, 2.0), (24, 3.5)),
+    }  # fmt: skip
+    assert parse_recipe_settings(["crops="]) == {"crops": ()}
+    for bad, message in (("nonsense=1", "recipe field"), ("batch_size=1.5", "an integer"), ("lr=nan", "finite")):
+        with pytest.raises(CifarError, match=message):
+            parse_recipe_settings([bad])
