@@ -1,4 +1,9 @@
-"""What every benchmark script shares: the data's location, the machine's name, BENCHMARKS.md."""
+"""What every benchmark script shares: where the data is, what a result row holds, the timers.
+
+A result is one JSON object on one line of benchmarks/results/<suite>.jsonl: date, commit,
+machine, command, then the figures (append_result). benchmarks/report.py turns the rows into
+BENCHMARKS.md.
+"""
 
 import datetime
 import json
@@ -43,6 +48,12 @@ def machine(gpu: "str | None" = None) -> dict:
     return {"cpu": name, "cores": cores, "isa": isa}
 
 
+def shown(path) -> str:
+    """A path as a result row shows it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def git(*arguments: str) -> str:
     return subprocess.run(["git", *arguments], cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
 
@@ -71,32 +82,12 @@ def append_result(suite: str, command: str, figures: dict) -> dict:
 
 
 def timed_cifar_train(command: list[str], data: str) -> tuple[dict, float, str]:
-    """Run `cifar train ...` (a command without --name, --out and --json) into runs/bench:
-    (its --json result, the command's wall seconds, the command as BENCHMARKS.md shows it)."""
-    full = [*command, "--name", "bench", "--out", str(ROOT / "runs" / "bench"), "--json"]
+    """Run `cifar train ...` (a command without --name, --out and --json) into runs/bench with
+    this interpreter: (its --json result, the command's wall seconds, the command as shown)."""
+    full = [sys.executable, "-m", "cifarcli", *command[1:], "--name", "bench", "--out", str(ROOT / "runs" / "bench")]
     started = time.perf_counter()
-    result = json.loads(subprocess.run(full, stdout=subprocess.PIPE, text=True, check=True).stdout)
+    result = json.loads(subprocess.run([*full, "--json"], stdout=subprocess.PIPE, text=True, check=True).stdout)
     return result, time.perf_counter() - started, " ".join(command).replace(data, Path(data).name)
-
-
-def alternate(paths: dict, pairs: int) -> tuple[dict, list[float]]:
-    """Time code paths against each other on this drifting host: one warm-up pair, then `pairs`
-    pairs run in ABBA order. Each path is a function of the pair's number that returns its
-    milliseconds by part, e.g. {"forward": 12.0, "backward": 30.0}. Returns each path's mean
-    milliseconds by part, and per pair the first path's total over the second's."""
-    first, second = paths
-    means, ratios = {path: {} for path in paths}, []
-    for pair in range(-1, pairs):
-        totals = {}
-        for path in list(paths)[:: 1 if pair % 2 else -1]:
-            parts = paths[path](pair)
-            totals[path] = sum(parts.values())
-            if pair >= 0:  # pair -1 warms both paths up
-                for part, ms in parts.items():
-                    means[path][part] = means[path].get(part, 0.0) + ms / pairs
-        if pair >= 0:
-            ratios.append(totals[first] / totals[second])
-    return means, ratios
 
 
 def today() -> str:

@@ -43,7 +43,7 @@ def run_rows(args) -> None:
             "kind": "run",
             "code": code_version(),
             "model": result["model"],
-            "variant": ",".join(args.set) or None,
+            "variant": " ".join(args.set) or None,
             "seed": seed,
             "precision": result["precision"],
             "epochs": history[-1]["epoch"],

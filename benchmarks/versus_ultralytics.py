@@ -12,8 +12,8 @@ the weights. The ratio is taken against the faster of the two. Ultralytics runs 
 (`yolo classify predict model=... source=DIR/*/*.jpg save=False verbose=False`, its defaults
 otherwise), `cifar predict DIR -o rows.csv` with no --model (the bundled model it picks for this
 CPU), its package byte-compiled first as an installed copy is. Each command runs whole,
-interpreter start included, alternating, --repeats times; a row gives the faster run of each and
-its peak RSS.
+interpreter start included, alternating, --repeats times; a row of
+benchmarks/results/versus_ultralytics.jsonl gives the faster run of each and its peak RSS.
 
 Corpora: the 10,000 CIFAR test JPEGs (32 px), and N photo-sized JPEGs made from test images:
 upscaled to a long side drawn around 430 px (one at 2400x1600), with sensor-like noise so that
@@ -24,6 +24,7 @@ cifar predict's model, the ceiling that the two stages sharing two cores allow.
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -32,13 +33,12 @@ from pathlib import Path
 from common import (
     ROOT,
     SHARED_DATA,
-    append_to_benchmarks,
+    append_result,
+    code_version,
     compile_package,
     decode_images,
     inference_rate,
-    machine,
     make_photos,
-    today,
     unpack_test_split,
     whole_command,
 )
@@ -48,20 +48,10 @@ from cifarcli.classifier import OnnxClassifier
 from cifarcli.predict import choose_bundled_model, discover_images
 
 ULTRALYTICS_ENVIRONMENT = {**os.environ, "YOLO_OFFLINE": "1"}  # no update checks over a network we lack
-COLUMNS = [
-    "date",
-    "machine",
-    "corpus",
-    "cifar predict img/s (model)",
-    "Ultralytics img/s at 224 / 32 px",
-    "ratio to the faster",
-    "peak RSS MB cifar / Ultralytics",
-    "decode-only / ORT-only img/s",
-]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--yolo", type=Path, required=True, help="the yolo command of an Ultralytics venv")
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
@@ -72,7 +62,6 @@ def main() -> None:
     model_path, _ = choose_bundled_model(None)
     model = OnnxClassifier(model_path, threads=1)  # as cifar predict's workers share it
 
-    lines = []
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         test = unpack_test_split(args.data, temp / "data")
@@ -104,13 +93,23 @@ def main() -> None:
             our_rate = len(files) / best["ours"][0]
             their_rss = max(best[size][1] for size in yolo_models)
             their_rates = {size: len(files) / best[size][0] for size in yolo_models}
-            lines.append(
-                f"| {today()} | {machine()} | {name} | {our_rate:.0f} ({model_path.name}) | "
-                f"{their_rates[224]:.0f} / {their_rates[32]:.0f} | {our_rate / max(their_rates.values()):.1f}x | "
-                f"{best['ours'][1]} / {their_rss} | {decode_rate:.0f} / {ort_rate:.0f} |"
+            figures = {
+                "code": code_version(),
+                "corpus": name,
+                "files": len(files),
+                "model": model_path.name,
+                "cifar_images_per_s": round(our_rate),
+                "ultralytics_224_images_per_s": round(their_rates[224]),
+                "ultralytics_32_images_per_s": round(their_rates[32]),
+                "ratio": round(our_rate / max(their_rates.values()), 2),
+                "peak_rss_mb": best["ours"][1],
+                "ultralytics_peak_rss_mb": their_rss,
+                "decode_images_per_s": round(decode_rate),
+                "ort_images_per_s": round(ort_rate),
+            }
+            append_result(
+                "versus_ultralytics", "python benchmarks/versus_ultralytics.py " + shlex.join(sys.argv[1:]), figures
             )
-            print(lines[-1], flush=True)
-    append_to_benchmarks("Against Ultralytics (`benchmarks/versus_ultralytics.py`)", lines, COLUMNS)
 
 
 if __name__ == "__main__":

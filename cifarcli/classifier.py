@@ -16,15 +16,13 @@ from cifarcli.checkpoint import ModelInfo
 from cifarcli.errors import CifarError
 
 # One batch size for training's scores and `cifar evaluate`, so that both run the same kernels
-# and pick the same images for TTA. A plain fp32 pass of the default model ran 1.27x faster at
-# 100 than at 500 on 2 cores (BENCHMARKS.md); 100 divides the test split.
+# and pick the same images for TTA; small batches stay in the caches of a small CPU, and 100
+# divides the test split (docs/decisions.md).
 EVAL_BATCH = 100
 # TTA runs in two stages on each batch. The least sure MIRROR_FRACTION (by the gap between their
 # two best logits) get the mirror view; then the least sure TRANSLATE_FRACTION of the batch, ranked
-# again after the mirror, get the translations too; the rest keep their plain logits. On 22
-# default runs: 90.838% against full TTA's 90.842% (89.759% plain), for 2.0 passes over the data
-# instead of 6; giving every view to the least sure quarter gave 90.807% for 2.25 passes
-# (BENCHMARKS.md, "TTA in two stages"). The final scoring is most of the wait after training.
+# again after the mirror, get the translations too; the rest keep their plain logits. That gives
+# full TTA's accuracy for a third of its passes (docs/decisions.md, experiments.jsonl tta_fraction).
 MIRROR_FRACTION = 0.4
 TRANSLATE_FRACTION = 0.15
 

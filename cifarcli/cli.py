@@ -429,5 +429,4 @@ def main():
     finally:
         # The process ends next, and its last garbage collection would walk every object of
         # every imported module (numpy, onnxruntime, rich): frozen objects are skipped.
-        # 0.33 -> 0.28 s for a one-image predict (BENCHMARKS.md, versus_commit.py's section).
         gc.freeze()

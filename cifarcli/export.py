@@ -26,11 +26,11 @@ MAX_ABS_DIFF = 1e-4  # fp32 logits, ONNX Runtime against PyTorch
 # The most portable opset that represents every registered network exactly, stamped with the
 # lowest IR version that carries it (9). Opset 20 has GELU as one op; below it GELU becomes
 # Erf-based ops, which ONNX Runtime runs exactly but OpenCV 4.14's importer crashes on
-# (benchmarks/onnx_compat.py, BENCHMARKS.md).
+# (benchmarks/portability.py).
 DEFAULT_OPSET = 20
 OLDEST_OPSET = 18  # the oldest torch's exporter writes
-# Where benchmarks/onnx_compat.py loaded fp32 exports and matched today's ONNX Runtime's top-1
-# on 1,000 test images.
+# Where benchmarks/portability.py loaded fp32 exports and matched the installed ONNX Runtime's
+# top-1 on 1,000 test images.
 VERIFIED_RUNTIMES = {20: "ONNX Runtime 1.17.3 and newer, OpenCV DNN 4.14"}
 PARITY_IMAGES = 1000
 SPEED_BATCH = 256
@@ -78,8 +78,8 @@ def batchnorm_before_pool(model):
     """A copy of the model in which each MaxPool2d -> BatchNorm2d pair runs as BatchNorm2d ->
     MaxPool2d, wherever every channel's BatchNorm scale is positive. The two orders then give
     bitwise the same output (each step of BatchNorm is non-decreasing, so it commutes with max),
-    and in the new order the exporter folds the BatchNorm into the convolution before it: the
-    default model's INT8 file ran 8% more images/s (BENCHMARKS.md, "ONNX export, fp32 / INT8")."""
+    and in the new order the exporter folds the BatchNorm into the convolution before it, which
+    makes the INT8 file faster (docs/decisions.md)."""
     import copy
 
     import torch
@@ -286,14 +286,14 @@ def quantize_int8(
     """Static quantization of the convolutions with ONNX Runtime's own tools, calibrated on
     training images; returns accuracies and speeds of both models.
 
-    The format is the one that loads everywhere we checked (benchmarks/onnx_compat.py): standard
+    The format is the one that loads everywhere we checked (benchmarks/portability.py): standard
     QLinearConv nodes, which OpenCV's importer reads and ONNX Runtime runs as fast as the QDQ form
     (OpenCV rejects QDQ's DequantizeLinear of constant weights). Activations are uint8 because
     ONNX Runtime's int8-activation QLinearConv ran 25x slower on x86; only Conv is quantized so
     that no Microsoft-only operator (QGemm, QLinearMul) enters the file. Weights use 7 bits
     (reduce_range): on CPUs without VNNI, ONNX Runtime sums pairs of uint8 x int8 products in
-    16 bits, which 8-bit weights can overflow and 7-bit ones cannot; the default model scored
-    the same 89.91% either way."""
+    16 bits, which 8-bit weights can overflow and 7-bit ones cannot, at no cost in accuracy
+    (docs/decisions.md)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

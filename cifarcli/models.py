@@ -147,7 +147,7 @@ def normalize_layer(mean, std):
 @register_model(
     "tutorial",
     Recipe(
-        epochs=4.5,  # 70% or more on each of seeds 0-2; 4 epochs left seed 2 at 69.78% (BENCHMARKS.md)
+        epochs=4.5,  # 70% or more on each seed tried; 4 epochs fell short on one (docs/decisions.md)
         batch_size=256,
         lr=0.1,
         momentum=0.9,

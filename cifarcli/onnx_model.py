@@ -12,7 +12,7 @@ from pathlib import Path
 from cifarcli.checkpoint import ModelInfo
 from cifarcli.errors import CifarError, first_line
 
-# The package's own models, checked when benchmarks/build_default_model.py built them: the
+# The package's own models, checked when tools/build_default_model.py built them: the
 # onnx checker (about 0.1 s of a one-image prediction) runs on every other file.
 BUNDLED_FOLDER = Path(__file__).parent / "assets"
 INPUT_LAYOUT = "NCHW"

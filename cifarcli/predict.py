@@ -26,40 +26,34 @@ from cifarcli.hardware import cpu_int8_instructions
 from cifarcli.images import decode_image, is_image_name
 from cifarcli.onnx_model import BUNDLED_FOLDER
 
-# The bundled CIFAR-10 model, in fp32 and static INT8 (within 0.3 points of it; BENCHMARKS.md).
+# The bundled CIFAR-10 model, in fp32 and static INT8 (built within 0.3 points of fp32).
 BUNDLED_MODELS = {"fp32": BUNDLED_FOLDER / "default.onnx", "int8": BUNDLED_FOLDER / "default.int8.onnx"}
-# ONNX Runtime's INT8 rate against fp32's, by the instructions its INT8 kernels use (BENCHMARKS.md,
-# section "ONNX export"): the bundled models on a Xeon with VNNI and AMX; on AVX2-only Zen 3, an
-# earlier default model of the same kind of convolutions (no AVX2-only CPU since).
-INT8_GAIN = {"VNNI/AMX": "2.7x", "AVX2": "1.5x"}
 DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
-# Per worker. Each worker's ONNX Runtime call holds its own activations: at 64 two workers peaked
-# at 163 MB for the whole command, at 256 at 390 MB, with the same speed (BENCHMARKS.md).
+# Per worker. Each worker's ONNX Runtime call holds its own activations: 64 runs as fast as 256
+# in far less memory (docs/decisions.md).
 PREDICT_BATCH = 64
 UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
 GLOB_CHARACTERS = set("*?[")
 # Files smaller than this are decoded one at a time. Their decoding is mostly Python (Pillow's
-# header parsing, about 0.13 ms a file) rather than libjpeg (about 17 ns a byte), and two threads
-# running that Python at once hand the GIL back and forth at every read. One at a time, the 10,000
-# CIFAR JPEGs ran 1.11-1.14x faster as whole commands (1.3x in predict_files alone), photos no
-# slower (BENCHMARKS.md, "Decoding one at a time"). Larger files decode beside each other, libjpeg
-# running without the GIL.
+# header parsing) rather than libjpeg, and two threads running that Python at once hand the GIL
+# back and forth at every read; larger files decode beside each other, libjpeg running without
+# the GIL. The two costs are even at about this size (docs/decisions.md).
 ONE_AT_A_TIME_BELOW_BYTES = 8192
 SMALL_FILE_DECODING = threading.Lock()
 
 
 def choose_bundled_model(precision: "str | None") -> tuple[Path, str]:
-    """(bundled model, why) for --precision fp32, int8 or None (this CPU's choice): INT8 wherever
-    ONNX Runtime was measured to run it faster than fp32 (BENCHMARKS.md), fp32 elsewhere."""
+    """(bundled model, why) for --precision fp32, int8 or None (this CPU's choice): INT8 on x86
+    CPUs whose int8 instructions ONNX Runtime's INT8 kernels use, where the bundled INT8 file was
+    measured faster than fp32 (docs/decisions.md), fp32 elsewhere."""
     if precision is not None:
         if precision not in BUNDLED_MODELS:
             raise CifarError(f"--precision {precision}: choose {' or '.join(BUNDLED_MODELS)}")
         return BUNDLED_MODELS[precision], f"--precision {precision}"
     instructions = cpu_int8_instructions()
     if instructions is None:
-        return BUNDLED_MODELS["fp32"], "fp32: INT8 is unmeasured on CPUs without AVX2; --precision int8 for INT8"
-    gain = INT8_GAIN[instructions]
-    return BUNDLED_MODELS["int8"], f"INT8: {gain} fp32's rate on {instructions} CPUs; --precision fp32 for fp32"
+        return BUNDLED_MODELS["fp32"], "fp32: this CPU has no AVX2 or VNNI int8 instructions; --precision int8 for INT8"
+    return BUNDLED_MODELS["int8"], f"INT8, for this CPU's {instructions} int8 instructions; --precision fp32 for fp32"
 
 
 @dataclass
@@ -112,8 +106,7 @@ def discover_images(paths: Iterable[str], recursive: bool = True) -> list[str]:
 
     Hidden files and folders and non-image names are skipped silently; symlinks are followed,
     and a folder reached twice (a symlink loop) is walked once. The files are plain strings, not
-    Path objects: a Path keeps about 400 bytes of cached parts, 41 MB for 100,000 files, a
-    string about 100 (BENCHMARKS.md, section "cifar predict").
+    Path objects, which keep cached parts: a fourth of the memory at a million files.
     """
     found, seen_files, seen_dirs = [], set(), set()
 
@@ -212,9 +205,8 @@ def predict_files(
     Each of `workers` threads (one per core by default) decodes a batch and runs it through the
     model itself; open the classifier with one ONNX Runtime thread, as cifar predict does. Every
     core then does whole batches, with no hand-off between decoding threads and a model that
-    splits each operator across the cores: whole commands ran 1.27x (CIFAR JPEGs) and 1.10x
-    (photos) the images/s of that split on two cores, a garbage-collector freeze (1.03-1.04x)
-    included (BENCHMARKS.md). At most two batches per worker are in flight, so memory stays flat
+    splits each operator across the cores, which ran slower (docs/decisions.md). At most two
+    batches per worker are in flight, so memory stays flat
     however many files. A top confidence below min_confidence is labelled UNSURE; the row keeps
     that confidence and the top-k candidates."""
     workers = workers or os.cpu_count() or 1

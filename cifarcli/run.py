@@ -178,8 +178,7 @@ def keep_freed_memory(keep: bool) -> None:
 
     A training step allocates and frees the same activations, hundreds of MB each at batch 2000.
     By default glibc maps blocks that large afresh and unmaps them on free, so every step
-    page-faults them in again: airbench94's network trained at 148 img/s, and at 222 img/s with
-    this (benchmarks/step_speed.py, BENCHMARKS.md). Not glibc: nothing to do.
+    page-faults them in again (docs/decisions.md). Not glibc: nothing to do.
     """
     import ctypes
 

@@ -2,23 +2,16 @@
 matrix products, (output gradient)^T @ im2col(input) summed over groups of images, and whose
 forward pass and input gradient on the smallest maps are matrix products too.
 
-In bf16 training on a CPU (oneDNN with AMX, batch 2000), oneDNN computes that gradient slowly on
-small maps. In the default's training steps, timed in pairs against oneDNN throughout, taking
-the matrix product on maps up to 15 px made the 24 and 32 px steps 1.15x and 1.18x faster
-(medians of 16 pairs; up to 5 px: 1.33x and 1.05x), while adding the first block's 23 and 31 px
-maps made them slower again (BENCHMARKS.md, "Where a training step's time goes"). On maps of
-TINY_MAP px or less (the last blocks' 2-5 px), oneDNN's forward and input gradient were slower
-than a matrix product as well: taking those too made the 24 px steps another 1.12x faster
-(16 pairs; 1.02x at 32 px, whose only such map is 3 px). Summing the weight gradient over
-products of 64 images, whose im2col stays in the cache, instead of one product over the whole
-batch made the steps another 1.03-1.10x faster (16 and 12 pairs). Before a 2x2 max-pool, a
-convolution on an odd map computes only the rows and columns the pool reads (its last row and
-column are never read): 1.07x faster 24 px steps and 1.05x 32 px steps (medians of 20 pairs;
-1.08x and 1.07x by the mean), the same numbers out of the pool. On the first block's 23 and 31
-px maps the padding copy this needs made oneDNN's forward slower, so it is not done there.
-Everywhere else, and in fp32 (where the matrix products were slower), evaluation and export,
-the convolution is nn.Conv2d's own. Only models.py imports this module, inside its builders, so
-torch is imported at the top.
+In bf16 training on a CPU (oneDNN, batch 2000), oneDNN computes the weight gradient slowly on
+small maps; in paired training steps the matrix products made the default's steps faster up to
+SMALL_MAP px and slower on the first block's larger maps, and the same held for the forward pass
+and input gradient up to TINY_MAP px. Summing the weight gradient over products of
+IMAGES_PER_PRODUCT images keeps each im2col in the cache. Before a 2x2 max-pool, a convolution on
+an odd map computes only the rows and columns the pool reads, the same numbers out of the pool
+(not on the first block's maps, where the padding copy it needs cost more). Each choice and its
+paired-step figure is a line of docs/decisions.md. Everywhere else, and in fp32 (where the matrix
+products were slower), evaluation and export, the convolution is nn.Conv2d's own. Only models.py
+imports this module, inside its builders, so torch is imported at the top.
 """
 
 import torch
@@ -27,7 +20,7 @@ from torch import nn
 
 SMALL_MAP = 15  # pixels: the largest map on which the weight gradient's matrix product won
 TINY_MAP = 5  # pixels: the largest map on which the forward's and input gradient's won too
-IMAGES_PER_PRODUCT = 64  # images per matrix product of the weight gradient (16 was slower, 32-128 alike)
+IMAGES_PER_PRODUCT = 64  # images per matrix product of the weight gradient: its im2col stays in the cache
 POOLED_ONLY = True  # in training, a convolution before a 2x2 max-pool computes only what the pool reads
 SAME = (1, 1, 1, 1)  # F.pad's (left, right, top, bottom): padding 1 all round, the output the input's size
 

@@ -39,8 +39,8 @@ from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizer
 from cifarcli.run import RunContext, process_settings
 
 HELD_OUT_FILE = "held_out.txt"  # a class-folder source's test files, one path inside the source a line
-# A fixed sample of the test split scores the epochs before the last: scoring all 10,000 CIFAR
-# test images in fp32 after every epoch made `cifar train` wait 1.15-1.4x its training time.
+# A fixed sample of the test split scores the epochs before the last: scoring the whole test
+# split in fp32 after every epoch made the wait after training a large part of the run.
 EPOCH_TEST_IMAGES = 2000
 GPU_STEPS_PER_REPORT = 10  # steps between progress reports on a GPU, where each report waits for the device
 HISTORY_FIELDS = [
@@ -107,9 +107,8 @@ def crop_size(epoch: int, full_size: int, recipe: Recipe) -> int:
 
 def channel_mean_std(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 (N, H, W, C) images in [0, 1] units, to 4 places, exact,
-    from 256-bin histograms. Every run waits for this at its start. Over CIFAR-10's 150 M values,
-    numpy's float64 mean and std took 4.8 s; numpy's bincount, which copies the values to int64
-    first, 0.9-1.6 s; torch's bincount on the uint8 values 0.3 s (BENCHMARKS.md)."""
+    from 256-bin histograms counted by torch on the uint8 values: every run waits for this at its
+    start, and float64 statistics or numpy's bincount (which copies to int64 first) take seconds."""
     import torch
 
     values = np.arange(256, dtype=np.float64)

@@ -168,7 +168,7 @@ def test_bundled_default_model_is_used_when_no_model_is_given(tmp_path):
 
     for bundled in BUNDLED_MODELS.values():
         if not bundled.exists():
-            pytest.fail(f"{bundled} is missing: run benchmarks/build_default_model.py")
+            pytest.fail(f"{bundled} is missing: run tools/build_default_model.py")
         assert bundled.stat().st_size <= 10_000_000
     image = tmp_path / "red.png"
     from PIL import Image
@@ -269,10 +269,10 @@ def test_predict_says_which_bundled_model_it_uses_and_precision_overrides(precis
 @pytest.mark.parametrize(
     "flags, chosen, why",
     [
-        ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, "int8", "2.7x fp32's rate on VNNI/AMX CPUs"),
-        ({"avx2", "fma"}, "int8", "1.5x fp32's rate on AVX2 CPUs"),
-        ({"sse4_2"}, "fp32", "unmeasured on CPUs without AVX2"),
-        (set(), "fp32", "unmeasured on CPUs without AVX2"),
+        ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, "int8", "INT8, for this CPU's VNNI/AMX int8 instructions"),
+        ({"avx2", "fma"}, "int8", "INT8, for this CPU's AVX2 int8 instructions"),
+        ({"sse4_2"}, "fp32", "no AVX2 or VNNI int8 instructions"),
+        (set(), "fp32", "no AVX2 or VNNI int8 instructions"),
     ],
 )
 def test_bundled_model_follows_the_int8_measurements_by_cpu_kind(flags, chosen, why, monkeypatch):

@@ -1,6 +1,6 @@
 """Rebuild the bundled models that `cifar predict` uses when no --model is given.
 
-    python benchmarks/build_default_model.py [--checkpoint runs/train/exp/last.pt] [--data PATH]
+    python tools/build_default_model.py [--checkpoint runs/train/exp/last.pt] [--data PATH]
 
 The source is SOURCE below: the final weights (a last.pt, never a checkpoint picked on the test
 split) of a default `cifar train` run, without its optimizer state, kept in the repository so
@@ -14,11 +14,12 @@ refusing an INT8 model more than MAX_INT8_LOSS below fp32 on the test split.
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
-from common import ROOT, SHARED_DATA
-
-SOURCE = ROOT / "benchmarks" / "default_model" / "model.pt"
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SOURCE = ROOT / "tools" / "default_model" / "model.pt"
 TARGET = ROOT / "cifarcli" / "assets" / "default.onnx"
 LIMIT_BYTES = 10_000_000
 MAX_INT8_LOSS = 0.003
@@ -36,13 +37,26 @@ def keep_weights_only(checkpoint: Path, destination: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    sys.path.insert(0, str(ROOT))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help=f"a last.pt to ship instead of {SOURCE.name}")
     parser.add_argument("--data", default=str(SHARED_DATA))
     args = parser.parse_args()
     if args.checkpoint:
         keep_weights_only(args.checkpoint, SOURCE)
-    command = ["cifar", "export", str(SOURCE), "-o", str(TARGET), "--data", args.data, "--int8", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "cifarcli",
+        "export",
+        str(SOURCE),
+        "-o",
+        str(TARGET),
+        "--data",
+        args.data,
+        "--int8",
+        "--json",
+    ]
     report = json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout)
     int8 = report["int8"]
     loss = int8["fp32_test_acc"] - int8["int8_test_acc"]

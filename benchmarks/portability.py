@@ -1,12 +1,13 @@
-"""Do our ONNX files load and agree where users deploy them? Appends a table to BENCHMARKS.md.
+"""Portability: do our ONNX files load and agree in the runtimes users deploy them with?
 
-    python benchmarks/onnx_compat.py [--data PATH] [--venvs /tmp/cifarcli-onnx-compat]
+    python benchmarks/portability.py [--data PATH] [--venvs /tmp/cifarcli-onnx-compat]
 
 Checks the bundled model(s) in cifarcli/assets and a default `cifar export` of every registered
 model (its weights as built, untrained: loading and numerics do not depend on training) in
 throwaway virtual environments: the oldest ONNX Runtime we support, the newest one pip offers,
 and OpenCV's DNN module. Each runtime classifies the same 1,000 test images; a row passes when
 it loads the file and its top-1 agrees with this environment's ONNX Runtime on every image.
+One row per file and runtime goes to benchmarks/results/portability.jsonl.
 """
 
 import argparse
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED_DATA, append_to_benchmarks, machine, today
+from common import ROOT, SHARED_DATA, append_result, code_version, shown
 
 RUNTIMES = {  # name: what pip installs into its venv
     "onnxruntime 1.17.3": ["onnxruntime==1.17.3", "numpy<2"],
@@ -48,7 +49,6 @@ except Exception as error:
     result = {{"error": str(error).splitlines()[0][:200]}}
 json.dump(result, open(out, "w"))
 """
-COLUMNS = ["date", "machine", "model file", "opset / IR", "runtime", "version", "loads", "top-1 agreement (1,000)"]
 
 
 def make_venv(folder: Path, requirements: list[str]) -> Path:
@@ -83,7 +83,7 @@ def main() -> None:
     from cifarcli.classifier import OnnxClassifier, to_model_input
     from cifarcli.data import load_dataset
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--venvs", type=Path, default=Path(tempfile.gettempdir()) / "cifarcli-onnx-compat")
     args = parser.parse_args()
@@ -95,7 +95,6 @@ def main() -> None:
     pythons = {name: make_venv(args.venvs / name.replace(" ", "-"), pins) for name, pins in RUNTIMES.items()}
     script = work / "classify.py"
 
-    lines = []
     for model in [*sorted((ROOT / "cifarcli" / "assets").glob("*.onnx")), *default_exports(work)]:
         proto = onnx.load(str(model), load_external_data=False)
         opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
@@ -106,15 +105,22 @@ def main() -> None:
             out.unlink(missing_ok=True)
             ran = subprocess.run([str(python), str(script), str(model), str(images), str(out)], check=False)
             result = json.loads(out.read_text()) if out.exists() else {"error": f"crashed (exit {ran.returncode})"}
-            agreement = f"{np.mean(np.array(result['top1']) == expected):.2%}" if "top1" in result else "-"
-            shown = model.relative_to(ROOT) if model.is_relative_to(ROOT) else f"default export of {model.stem}"
-            lines.append(
-                f"| {today()} | {machine()} | {shown} | {opset} / {proto.ir_version} | {runtime} | "
-                f"{result.get('version', '-')} | {'yes' if 'top1' in result else 'no: ' + result['error']} | "
-                f"{agreement} |"
-            )
-            print(lines[-1], flush=True)
-    append_to_benchmarks("Where exported models load (`benchmarks/onnx_compat.py`)", lines, COLUMNS)
+            bundled = model.is_relative_to(ROOT / "cifarcli")
+            figures = {
+                "code": code_version(),
+                "file": shown(model) if bundled else f"default export of {model.stem}",
+                "opset": opset,
+                "ir_version": proto.ir_version,
+                "runtime": runtime,
+                "runtime_version": result.get("version"),
+                "loads": "top1" in result,
+                "error": result.get("error"),
+                "agreement": round(float(np.mean(np.array(result["top1"]) == expected)), 4)
+                if "top1" in result
+                else None,
+                "images_compared": len(expected),
+            }
+            append_result("portability", f"python benchmarks/portability.py --venvs {args.venvs}", figures)
 
 
 if __name__ == "__main__":
