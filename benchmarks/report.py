@@ -1,0 +1,364 @@
+"""Write BENCHMARKS.md, and README.md's performance table, from the rows in benchmarks/results/.
+
+    python benchmarks/report.py            # rewrite both files
+    python benchmarks/report.py --check    # exit 1 if either differs from what the rows give
+
+Each table shows the latest figures of each machine kind (a CPU model with the instruction sets
+that change the answers, or a GPU); the rows keep the history. Training figures are the runs of
+the newest `code` (package source) of each model, machine kind and precision: mean ± standard
+deviation over its runs. Nothing here measures anything.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = ("tutorial", "airbench94", "airbench-cpu", "airbench-narrow")  # the registry's order
+README_START, README_END = "<!-- performance:start -->", "<!-- performance:end -->"
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+def load(suite: str) -> list[dict]:
+    path = RESULTS / f"{suite}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def machine_kind(machine: dict) -> str:
+    """A machine's kind as the tables name it: the GPU, or the CPU and its strongest instructions."""
+    if "gpu" in machine:
+        return machine["gpu"]
+    name = machine["cpu"].replace("(R)", "").replace(" Processor", "").strip()
+    isa = set(machine["isa"])
+    if "amx" in isa:
+        features = "AMX"
+    elif "avx512_bf16" in isa:
+        features = "AVX512_BF16, VNNI" if "avx512_vnni" in isa else "AVX512_BF16"
+    else:
+        features = "AVX2 only" if "avx2" in isa else "no AVX2"
+    return f"{name}, {features}"
+
+
+def latest(rows: list[dict]) -> "dict | None":
+    """The newest row (by date; of equal dates, the last written)."""
+    return max(enumerate(rows), key=lambda pair: (pair[1]["date"], pair[0]))[1] if rows else None
+
+
+def by(rows: list[dict], *keys) -> dict:
+    groups = defaultdict(list)
+    for row in rows:
+        groups[tuple(machine_kind(row["machine"]) if key == "kind" else row.get(key) for key in keys)].append(row)
+    return groups
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def percent(value) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def mean_sd(values: list, as_percent: bool = True) -> str:
+    values = [value for value in values if value is not None]
+    if not values:
+        return "—"
+    shown = percent if as_percent else (lambda value: f"{value:,.0f}")
+    if len(values) == 1:
+        return shown(values[0])
+    sd = statistics.stdev(values)
+    return f"{shown(statistics.mean(values))} ± {sd * 100:.2f}" if as_percent else f"{shown(statistics.mean(values))}"
+
+
+def number(value, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+# ---------------------------------------------------------------- the tables
+
+
+def training_groups() -> dict:
+    """(model, machine kind, precision) -> the runs of its newest code, the model's own recipe."""
+    runs = [row for row in load("training") + load("versus_airbench") if row.get("kind") == "run"]
+    groups = {}
+    for key, rows in by([row for row in runs if not row.get("variant")], "model", "kind", "precision").items():
+        newest = latest(rows)["code"]
+        groups[key] = [row for row in rows if row["code"] == newest]
+    order = {model: index for index, model in enumerate(MODELS)}
+    return dict(sorted(groups.items(), key=lambda item: (order.get(item[0][0], 99), item[0][1], item[0][2])))
+
+
+def training_table() -> list[str]:
+    header = ["model", "machine", "precision", "runs (seeds)", "test acc", "with TTA", "training s", "wall s",
+              "train s ÷ airbench94", "code, dates"]  # fmt: skip
+    rows = []
+    for (model, kind, precision), runs in training_groups().items():
+        seeds = sorted({run["seed"] for run in runs})
+        ratios = [run["ratio"] for run in runs if run.get("ratio") is not None]
+        dates = sorted({run["date"] for run in runs})
+        rows.append([
+            f"`{model}`", kind, precision, f"{len(runs)} ({', '.join(map(str, seeds))})",
+            mean_sd([run.get("test_acc") for run in runs]), mean_sd([run.get("test_acc_tta") for run in runs]),
+            mean_sd([run.get("train_s") for run in runs], as_percent=False),
+            mean_sd([run.get("wall_s") for run in runs], as_percent=False),
+            f"{statistics.mean(ratios):.2f} ({len(ratios)})" if ratios else "—",
+            f"{runs[0]['code']}, {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else ""),
+        ])  # fmt: skip
+    return table(header, rows)
+
+
+def step_costs(kind: str, model: str, precision: str) -> dict:
+    """Crop size -> milliseconds per step, from the newest step-cost run on this kind."""
+    steps = [row for row in load("training") if row.get("kind") == "step" and machine_kind(row["machine"]) == kind]
+    steps = [row for row in steps if row["model"] == model and row["precision"] == precision]
+    if not steps:
+        return {}
+    newest = latest(steps)
+    return {row["size"]: row["ms_per_step"] for row in steps if row["command"] == newest["command"]
+            and row["date"] == newest["date"] and row["commit"] == newest["commit"]}  # fmt: skip
+
+
+def recipe_cost(model: str, variant: "str | None", costs: dict) -> "float | None":
+    """Seconds-per-image units of a recipe: the sum over its epochs of each epoch's step cost."""
+    sys.path.insert(0, str(ROOT))
+    from cifarcli.errors import CifarError
+    from cifarcli.models import get_model_entry, parse_recipe_settings
+
+    try:
+        recipe = get_model_entry(model).recipe.override(**parse_recipe_settings((variant or "").split()))
+    except CifarError:
+        return None  # a variant described in words, not as --set fields
+    full = max(costs)
+    total, done = 0.0, 0.0
+    for size, epochs in recipe.crops:
+        if size not in costs:
+            return None
+        total, done = total + epochs * costs[min(size, full)], done + epochs
+    return total + max(0.0, recipe.epochs - done) * costs[full]
+
+
+def candidates_table() -> list[str]:
+    runs = [row for row in load("training") if row.get("kind") == "run" and row.get("variant")]
+    header = ["model", "variant", "machine", "runs", "cost ÷ the recipe's own", "test acc", "with TTA"]
+    rows = []
+    for (model, variant, kind, precision), group in by(runs, "model", "variant", "kind", "precision").items():
+        costs = step_costs(kind, model, precision)
+        cost, own = (recipe_cost(model, variant, costs), recipe_cost(model, None, costs)) if costs else (None, None)
+        rows.append([
+            f"`{model}`", variant, f"{kind} ({precision})", len(group),
+            f"{cost / own:.2f}" if cost and own else "—",
+            mean_sd([run.get("test_acc") for run in group]), mean_sd([run.get("test_acc_tta") for run in group]),
+        ])  # fmt: skip
+    return table(header, rows)
+
+
+def step_cost_table() -> list[str]:
+    steps = [row for row in load("training") if row.get("kind") == "step"]
+    rows = []
+    for (kind, model, precision), group in by(steps, "kind", "model", "precision").items():
+        costs = step_costs(kind, model, precision)
+        full = costs[max(costs)]
+        cells = [f"{size} px: {ms:,.0f} ms ({ms / full:.2f})" for size, ms in sorted(costs.items())]
+        rows.append([f"`{model}`", f"{kind} ({precision})", latest(group)["batch_size"], "; ".join(cells)])
+    return table(["model", "machine", "batch", "ms per step by crop size (÷ whole images)"], rows)
+
+
+def inference_table() -> list[str]:
+    exports = [row for row in load("export") if row.get("kind") == "export"]
+    speeds = [row for row in load("predict") if row.get("kind") == "speed"]
+    versus = load("versus_ultralytics")
+    kinds = sorted({machine_kind(row["machine"]) for row in exports + speeds + versus})
+    header = ["machine", "file", "MB", "test acc", "with TTA", "ONNX Runtime images/s", "cifar predict images/s",
+              "peak RSS MB", "× Ultralytics"]  # fmt: skip
+    rows = []
+    for kind in kinds:
+        export = latest([row for row in exports if machine_kind(row["machine"]) == kind])
+        for precision, file in (("fp32", "default.onnx"), ("int8", "default.int8.onnx")):
+            speed = latest([row for row in speeds if machine_kind(row["machine"]) == kind and row["model"] == file])
+            ours = [row for row in versus if machine_kind(row["machine"]) == kind and row["model"] == file]
+            cifar = latest([row for row in ours if "CIFAR" in row["corpus"]])
+            photos = latest([row for row in ours if "photos" in row["corpus"]])
+            if not (export or speed or cifar):
+                continue
+            field = (lambda key: export.get(f"{precision}_{key}")) if export else (lambda key: None)
+            rss = f"{speed['peak_rss_mb_10k']} / {speed['peak_rss_mb_100k']}" if speed else "—"
+            ratio = " / ".join(f"{row['ratio']:.1f}x" if row else "—" for row in (cifar, photos))
+            rows.append([
+                kind, f"`{file}`", number(field("mb"), 2), percent(field("test_acc")), percent(field("test_acc_tta")),
+                number(field("ort_images_per_s")), number(speed and speed["images_per_s_10k"]), rss, ratio,
+            ])  # fmt: skip
+    return table(header, rows)
+
+
+def portability_table() -> list[str]:
+    rows = load("portability")
+    if not rows:
+        return []
+    newest = latest(rows)["date"]
+    rows = [row for row in rows if row["date"] == newest]
+    runtimes = list(dict.fromkeys(row["runtime"] for row in rows))
+    cells = defaultdict(dict)
+    for row in rows:
+        agreement = f"loads, agrees {row['agreement']:.1%}" if row["loads"] else "does not load"
+        cells[row["file"]][row["runtime"]] = agreement
+    versions = {row["runtime"]: row.get("runtime_version") for row in rows}
+    header = ["file"] + [f"{runtime} ({versions[runtime]})" for runtime in runtimes]
+    body = [[f"`{file}`"] + [cells[file].get(runtime, "—") for runtime in runtimes] for file in cells]
+    return table(header, body) + [
+        "",
+        f"{machine_kind(rows[0]['machine'])}, {newest}; agreement: top-1 against "
+        f"the installed ONNX Runtime on {rows[0].get('images_compared', 1000):,} test images.",
+    ]
+
+
+def startup_table() -> list[str]:
+    installs = [row for row in load("install") if row.get("kind") == "inference_install"]
+    rows = []
+    for (kind,), group in by(installs, "kind").items():
+        row = latest(group)
+        rows.append([kind, row["date"], number(row.get("megabytes")), "no" if not row.get("torch_installed") else "yes",
+                     number(row.get("help_s"), 2), number(row.get("predict_one_image_s"), 2)])  # fmt: skip
+    return table(["machine", "date", "inference-only install MB", "torch in it", "`cifar --help` s",
+                  "`cifar predict` one image s"], rows)  # fmt: skip
+
+
+def machines_table() -> list[str]:
+    everything = [row for path in sorted(RESULTS.glob("*.jsonl")) for row in load(path.stem)]
+    rows = []
+    for (kind,), group in sorted(by(everything, "kind").items()):
+        machine = group[0]["machine"]
+        dates = sorted({row["date"] for row in group})
+        described = machine.get("gpu") or f"{machine['cpu']}, {machine['cores']} cores, {', '.join(machine['isa'])}"
+        rows.append([kind, described, len(group), f"{dates[0]} to {dates[-1]}" if len(dates) > 1 else dates[0]])
+    return table(["machine kind", "as reported", "result rows", "dates"], rows)
+
+
+REPRODUCE = [
+    ("Training", "python benchmarks/training.py --model MODEL --seeds 0 1 2 [--precision P]"),
+    ("Against airbench94", "python benchmarks/versus_airbench.py --reference PATH/airbench_reference.py --seed S"),
+    ("Recipe candidates", "python benchmarks/training.py --seeds 0 1 --set FIELD=VALUE ...; "
+                          "step costs: python benchmarks/training.py --step-cost"),
+    ("Inference", "python benchmarks/export.py; python benchmarks/predict.py; "
+                  "python benchmarks/versus_ultralytics.py --yolo ULTRALYTICS_VENV/bin/yolo"),
+    ("Where the files load", "python benchmarks/portability.py"),
+    ("Install and start", "python benchmarks/install.py"),
+]  # fmt: skip
+
+
+def benchmarks_page() -> str:
+    sections = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/report.py` from the rows in `benchmarks/results/` (one JSON object "
+        "per result: date, commit, machine, command, figures); edit the rows' scripts, not this page. Each "
+        "table shows the latest figures of each machine kind; the rows keep every earlier one. Accuracies are "
+        "the final weights' on the test split (CIFAR-10 as JPEGs), scored in fp32; ± is one standard "
+        "deviation over the runs. Compare times only within a machine kind and as ratios measured back to "
+        "back: these hosts' speed drifts by up to 2x within an hour.",
+        "",
+        "## Machines",
+        "",
+        *machines_table(),
+        "",
+        "## Training",
+        "",
+        "`cifar train` with each model's own recipe: the runs of its newest code. Training s is the epochs' "
+        "training loops; wall s the whole command (the decode cache warm); train s ÷ airbench94 is the ratio to "
+        "airbench94's own training time measured back to back, before and after (`versus_airbench.py`).",
+        "",
+        *training_table(),
+        "",
+        "## Recipe candidates",
+        "",
+        "Recipes tried with `--set` (and earlier variants described in words). The cost is the sum over the "
+        "epochs of each epoch's step cost at its crop size (the step costs below, same machine kind), over the "
+        "model's own recipe's.",
+        "",
+        *candidates_table(),
+        "",
+        *step_cost_table(),
+        "",
+        "## Inference",
+        "",
+        "The bundled models (`cifarcli/assets/`). ONNX Runtime images/s: the model alone at batch 256 on every "
+        "core. cifar predict images/s: the whole command on the 10,000 CIFAR test JPEGs, start included; peak "
+        "RSS on 10,000 / 100,000 files. × Ultralytics: whole commands against `yolo classify predict` on the "
+        "CIFAR JPEGs / on photo-sized JPEGs, back to back.",
+        "",
+        *inference_table(),
+        "",
+        "## Where the files load",
+        "",
+        *portability_table(),
+        "",
+        "## Install and start",
+        "",
+        *startup_table(),
+        "",
+        "## Reproduce",
+        "",
+        *table(["table", "command"], [[name, f"`{command}`"] for name, command in REPRODUCE]),
+        "",
+        "Then `python benchmarks/report.py` to rewrite this page; docs/design.md says more.",
+    ]
+    return "\n".join(sections) + "\n"
+
+
+def readme_performance() -> str:
+    """A few headline figures for README.md, from the same rows."""
+    lines = []
+    for (model, kind, precision), runs in training_groups().items():
+        if model not in ("airbench-cpu", "tutorial") or precision == "fp32" and "AVX2" not in kind:
+            continue
+        ratios = [run["ratio"] for run in runs if run.get("ratio") is not None]
+        ratio = f", {statistics.mean(ratios):.2f}x airbench94's training time" if ratios else ""
+        train = mean_sd([run.get("train_s") for run in runs], as_percent=False)
+        lines.append([f"`cifar train --model {model}`", kind, f"{mean_sd([run.get('test_acc_tta') for run in runs])}"
+                      f" with TTA ({len(runs)} runs), {train} s of training{ratio}"])  # fmt: skip
+    speeds = by([row for row in load("predict") if row.get("kind") == "speed"], "kind")
+    for (kind,), group in speeds.items():
+        row = latest(group)
+        lines.append(["`cifar predict`, 10,000 CIFAR JPEGs", kind,
+                      f"{row['images_per_s_10k']:,} images/s with `{row['model']}`, peak RSS {row['peak_rss_mb_10k']} MB"])  # fmt: skip
+    for (kind,), group in by(load("install"), "kind").items():
+        row = latest(group)
+        lines.append(["inference-only install", kind, f"{row['megabytes']} MB, no torch"])
+    return "\n".join(table(["what", "machine", "figure"], lines)) + "\n\nEvery figure, and how to reproduce it: " \
+        "[BENCHMARKS.md](BENCHMARKS.md).\n"  # fmt: skip
+
+
+def with_readme_performance(readme: str) -> str:
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return readme[:start] + "\n" + readme_performance() + readme[end:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is out of date")
+    args = parser.parse_args()
+    readme = ROOT / "README.md"
+    expected = {ROOT / "BENCHMARKS.md": benchmarks_page(), readme: with_readme_performance(readme.read_text())}
+    stale = [path.name for path, text in expected.items() if not path.exists() or path.read_text() != text]
+    if args.check:
+        if stale:
+            raise SystemExit(f"out of date: {', '.join(stale)}; run python benchmarks/report.py")
+        return
+    for path, text in expected.items():
+        path.write_text(text)
+    print(f"wrote {', '.join(stale) or 'nothing (up to date)'}")
+
+
+if __name__ == "__main__":
+    main()
