@@ -6,25 +6,44 @@ A checkpoint is a plain dict of tensors and JSON-safe values:
 It loads with torch.load(path, weights_only=True), never with a fallback.
 """
 
-import contextlib
 import json
 import os
-import signal
 import tempfile
-import threading
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cifarcli import __version__
+from cifarcli import __version__, stops
 from cifarcli.errors import CifarError, first_line
 
 CHECKPOINT_FORMAT = 1
+UMASK = os.umask(0o022)  # reading the umask means setting it: set it back at once
+os.umask(UMASK)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What a model was measured to do on its test split. Exact figures are the whole split
+    scored in fp32, which `cifar evaluate` reproduces; an estimate (a sample in the training
+    precision, during training) has fields of its own, so nothing takes it for an exact one."""
+
+    test_acc: "float | None" = None
+    test_loss: "float | None" = None
+    test_acc_tta: "float | None" = None
+    tta: "int | None" = None  # the TTA level of test_acc_tta
+    estimated_test_acc: "float | None" = None
+    estimated_on: "str | None" = None  # e.g. "2000 test images in bf16"
+    fp32_test_acc: "float | None" = None  # an INT8 file: its fp32 model's test_acc, beside its own
+    train_seconds: "float | None" = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The one description of a model; travels in checkpoints and in ONNX metadata_props."""
+    """The model card: the one description of a model. Its JSON form (to_dict) travels in
+    checkpoints and, under one key, in ONNX metadata; from_dict reads it back from either."""
 
     model: str
     classes: list[str]
@@ -32,15 +51,19 @@ class ModelInfo:
     mean: list[float]
     std: list[float]
     recipe: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
     epoch: int = 0
-    precision: str = "fp32"  # autocast of the training steps; every recorded metric is scored in fp32
+    precision: str = "fp32"  # autocast of the training steps; every exact metric is scored in fp32
     val_fraction: float = 0.0  # > 0: trained on a ROOT/<class>/* folder whose test split held this out
     temperature: float = 1.0  # confidences are softmax(logits / temperature); fitted by `cifar export --data`
     version: str = __version__
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "metrics": self.metrics.to_dict()}
+
+    def measured(self, epoch: int, **metrics) -> "ModelInfo":
+        """This description for the weights of an epoch, with what they were measured to do."""
+        return replace(self, epoch=epoch, metrics=Metrics(**metrics))
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "ModelInfo":
@@ -50,49 +73,31 @@ class ModelInfo:
             raise CifarError(f"{source}: model description lacks {', '.join(missing)}; re-export or retrain it")
         try:
             known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
+            metrics = known.get("metrics") or {}
+            known["metrics"] = Metrics(**{key: metrics[key] for key in Metrics.__dataclass_fields__ if key in metrics})
             info = cls(**known)
             if not (isinstance(info.classes, list) and all(isinstance(c, str) for c in info.classes)):
                 raise ValueError("classes must be a list of names")
             if len(info.mean) != 3 or len(info.std) != 3 or int(info.input_size) < 8:
                 raise ValueError("mean/std need 3 values and input_size at least 8")
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, AttributeError) as error:
             raise CifarError(f"{source}: malformed model description ({first_line(error)})") from None
         return info
-
-
-@contextlib.contextmanager
-def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM)):
-    """Hold Ctrl-C and SIGTERM until the block ends, then deliver the first one received.
-
-    An exception that a signal handler raises inside torch.save's writer comes out as an
-    unrelated RuntimeError, so a stop must wait until the file is written. Python handles
-    signals only on the main thread; elsewhere there is nothing to defer.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {number: signal.signal(number, lambda got, frame: received.append(got)) for number in signals}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
-        if received:
-            signal.raise_signal(received[0])
 
 
 def atomic_write(path: Path, write) -> None:
     """write(file) into a temp file beside path, fsync, then rename over path.
 
     A crash at any instant leaves either the old file or the new one, never half of one, and
-    Ctrl-C or SIGTERM take effect once the file is in place.
+    Ctrl-C or SIGTERM take effect once the file is in place. The file gets the permissions the
+    user's umask gives new files (a temporary file is private until it is renamed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with signals_deferred():
+    with stops.deferred():
         descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(descriptor, 0o666 & ~UMASK)
             with os.fdopen(descriptor, "wb") as file:
                 write(file)
                 file.flush()

@@ -95,9 +95,6 @@ class Classifier:
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def predict_logits_tta(self, images: np.ndarray, level: int) -> np.ndarray:
-        return self.predict_plain_and_tta(images, level)[1]
-
     def predict_plain_and_tta(self, images: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
         """The plain logits and the TTA logits (blend_tta) of one batch."""
 
@@ -149,11 +146,13 @@ class TorchClassifier(Classifier):
 
 
 class OnnxClassifier(Classifier):
-    def __init__(self, path: "str | Path", threads: int = 0):
+    """An ONNX model, from its file or its bytes (source then names it in messages)."""
+
+    def __init__(self, model: "str | Path | bytes", threads: int = 0, source: "str | None" = None):
         from cifarcli.onnx_model import open_onnx_model
 
-        self.source = str(path)
-        self.info, self.session = open_onnx_model(path, threads)
+        self.source = source or str(model)
+        self.info, self.session = open_onnx_model(model, threads, self.source)
         self.input_name = self.session.get_inputs()[0].name
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:

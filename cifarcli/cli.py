@@ -98,9 +98,10 @@ def root(
 def load_data(data, size, cache_dir, val_fraction=None):
     from cifarcli import report
     from cifarcli.data import DEFAULT_VAL_FRACTION, load_dataset
+    from cifarcli.hardware import cores
 
     with report.progress_callback() as on_progress:
-        dataset = load_dataset(data, size, cache_dir, on_progress, val_fraction or DEFAULT_VAL_FRACTION)
+        dataset = load_dataset(data, size, cache_dir, on_progress, val_fraction or DEFAULT_VAL_FRACTION, cores())
     if dataset.skipped:
         report.note(f"skipped {len(dataset.skipped)} unreadable image(s), first: {dataset.skipped[0]}")
     return dataset
@@ -168,10 +169,11 @@ def train_command(
     as_json: JsonOption = False,
 ):
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
-    from cifarcli import report
-    from cifarcli.distributed import launch_local, shutdown
+    from cifarcli import report, stops
+    from cifarcli.distributed import launch_local, once_per_machine, shutdown
     from cifarcli.models import DEFAULT_MODEL, get_model_entry, parse_recipe_settings
-    from cifarcli.run import TrainingInterrupted, load_resumable_run, prepare_run, refuse_contradictions
+    from cifarcli.run import prepare_run, take_run_folder
+    from cifarcli.run_folder import open_resumable
     from cifarcli.train import train
 
     if nproc > 1:
@@ -181,32 +183,27 @@ def train_command(
     with user_errors():
         options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
         overrides = parse_recipe_settings(settings or []) | {k: v for k, v in options.items() if v is not None}
-        run_dir, checkpoint = None, None
-        if resume is not None:
-            resumed = load_resumable_run(resume)
+        resumed = open_resumable(resume) if resume is not None else None
+        if resumed:
             given = {"model": model, "data": data, "val_fraction": val_fraction, "precision": precision}
-            refuse_contradictions(resumed, {**given, **overrides})
-            run_dir, checkpoint = resumed.run_dir, resumed.checkpoint
-            model, data, precision = resumed.model, resumed.data, resumed.precision
-            val_fraction = resumed.val_fraction
-            recipe = get_model_entry(model).recipe.override(**resumed.recipe)
-        else:
-            model = model or DEFAULT_MODEL
-            recipe = get_model_entry(model).recipe.override(**overrides)
-        dataset = load_data(data, 32, cache_dir, val_fraction)
+            resumed.refuse_contradictions({**given, **overrides})
+            model, data, precision, val_fraction = resumed.model, resumed.data, resumed.precision, resumed.val_fraction
+        model = model or DEFAULT_MODEL
+        recipe = get_model_entry(model).recipe.override(**(resumed.recipe if resumed else overrides))
+        context = prepare_run(device, precision or "auto", resumed.folder.path if resumed else None)
+        dataset = once_per_machine(context.ranks, lambda: load_data(data, 32, cache_dir, val_fraction))
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
-        context = prepare_run(device, precision or "auto", run_dir, out, name)
+        context = context if resumed else take_run_folder(context, out, name)
         result = None
         try:
-            result = train(dataset, model, recipe, context, display, checkpoint)
-        except (KeyboardInterrupt, TrainingInterrupted) as stop:
+            result = train(dataset, model, recipe, context, display, resumed)
+        except (KeyboardInterrupt, stops.Stopped) as stop:
             display.close()
-            code = 143 if isinstance(stop, TrainingInterrupted) else 130
-            last = context.run_dir / "last.pt"
-            hint = f"resume with: cifar train --resume {context.run_dir}" if last.exists() else "no epoch had completed"
-            report.note(f"interrupted; {hint}")
-            raise typer.Exit(code) from None
+            folder = context.folder
+            hint = f"resume with: cifar train --resume {folder.path}" if folder.file("last.pt").exists() else ""
+            report.note(f"interrupted; {hint or 'no epoch had completed'}")
+            raise typer.Exit(stops.exit_code(stop)) from None
         finally:
             display.close()
             shutdown(context.ranks, finished=result is not None)
@@ -306,6 +303,7 @@ def export_command(
             min=0,
         ),
     ] = 0.01,
+    speed: Annotated[bool, typer.Option("--speed", help="Also time ONNX Runtime on the exported files.")] = False,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
 ):
@@ -313,14 +311,15 @@ def export_command(
     from dataclasses import asdict
 
     from cifarcli import report
-    from cifarcli.checkpoint import load_checkpoint
+    from cifarcli.classifier import TorchClassifier
     from cifarcli.export import export_checkpoint
 
     with user_errors():
-        info = load_checkpoint(checkpoint)["info"]
+        torch_model = TorchClassifier.from_checkpoint(checkpoint)
+        info = torch_model.info
         dataset = load_data(data, info.input_size, cache_dir, info.val_fraction) if data else None
         result = export_checkpoint(
-            checkpoint, output, opset, dataset, int8, calibration_images, int8_max_loss=int8_max_loss
+            torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss=int8_max_loss, speed=speed
         )
     if as_json:
         print_json({**asdict(result), "path": str(result.path)})
@@ -355,25 +354,26 @@ def predict_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run: skip the files already in --output.")
     ] = False,
-    precision: Annotated[
+    bundled: Annotated[
         str | None,
-        typer.Option(help="The bundled model in fp32 or int8 [int8 on x86 CPUs with AVX2, where INT8 ran faster]."),
+        typer.Option(
+            help="Without --model: the bundled model in fp32 or int8 [int8 on x86 CPUs with int8 instructions]."
+        ),
     ] = None,
     as_json: JsonOption = False,
 ):
     """Classify images with an ONNX model. Exit 0: all predicted; 3: some files failed; 2: usage errors."""
-    import time
-
     from cifarcli import report
     from cifarcli.classifier import OnnxClassifier
-    from cifarcli.predict import RowWriter, Summary, choose_bundled_model, discover_images, predict_files, row_to_dict
+    from cifarcli.hardware import cores
+    from cifarcli.predict import RowWriter, Summary, choose_bundled_model, discover_images, row_to_dict, run_predictions
 
     with user_errors():
         if model is None:
-            model, why = choose_bundled_model(precision)
+            model, why = choose_bundled_model(bundled)
             report.note(f"using the bundled CIFAR-10 model {model.name} ({why}); pass --model for your own")
-        elif precision is not None:
-            raise CifarError(f"--precision {precision}: chooses between the bundled models; drop it with --model")
+        elif bundled is not None:
+            raise CifarError(f"--bundled {bundled}: chooses between the bundled models; drop it with --model")
         elif model.suffix.lower() != ".onnx":
             raise CifarError(f"--model {model}: predict takes an .onnx model; run `cifar export {model}` first")
         classifier = OnnxClassifier(model, threads=1)  # the workers are the parallelism
@@ -386,18 +386,11 @@ def predict_command(
         if writer and writer.done:
             files = [path for path in files if path not in writer.done]
             report.note(f"resuming: {len(writer.done):,} rows already in {output}, {len(files):,} files to go")
-        started, summary = time.perf_counter(), Summary(keep_all=as_json)
-        try:
-            with report.PredictDisplay(len(files)) as display:
-                for row in predict_files(classifier, files, batch_size, top_k, threads, min_confidence):
-                    summary.add(row)
-                    if writer:
-                        writer.write(row)
-                    display.advance(summary.images, summary.failed)
-        finally:
-            if writer:
-                writer.close()
-        summary.seconds = time.perf_counter() - started
+        with report.PredictDisplay(len(files)) as display:
+            summary = run_predictions(
+                classifier, files, writer, Summary(keep_all=as_json), display.advance, batch_size, top_k,
+                threads or cores(), min_confidence,
+            )  # fmt: skip
     if as_json:
         rows = [row_to_dict(row, top_k) for row in summary.rows]
         print_json({"model": str(model), "summary": summary.totals(), "rows": rows})

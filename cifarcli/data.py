@@ -12,6 +12,7 @@ Whatever the source, the result is a `Dataset` of two `Split`s holding uint8 RGB
 (N, H, W, 3) and int64 labels: pixels stay uint8 until they reach the model.
 """
 
+import contextlib
 import hashlib
 import io
 import os
@@ -48,6 +49,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def sample(self, count: int) -> "Split":
+        """A fixed random sample of count images (all of them when there are fewer), in the
+        split's order: the same images every time, for estimates and calibrations."""
+        if len(self) <= count:
+            return self
+        picks = np.sort(np.random.default_rng(0).permutation(len(self))[:count])
+        return Split(self.images[picks], self.labels[picks])
+
 
 @dataclass
 class Dataset:
@@ -75,9 +84,11 @@ def load_dataset(
     cache_dir: "Path | None" = None,
     on_progress: "ProgressCallback | None" = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    threads: int = 1,
 ) -> Dataset:
-    """Load a data source as uint8 splits of size x size, decoding only on the first call.
-    val_fraction applies only to a folder of class folders, which has no test split of its own."""
+    """Load a data source as uint8 splits of size x size, decoding only on the first call, on
+    `threads` threads. val_fraction applies only to a folder of class folders, which has no test
+    split of its own."""
     if not 0 < val_fraction < 1:
         raise CifarError(f"--val-fraction {val_fraction}: choose a fraction between 0 and 1, such as 0.1")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -90,7 +101,7 @@ def load_dataset(
     cache_file = cache_dir / "decoded" / f"{source_fingerprint(path, size, val_fraction)}.npz"
     if cache_file.exists():
         return read_cache(cache_file, str(path))
-    dataset = decode_source(path, size, on_progress or (lambda *_: None), val_fraction)
+    dataset = decode_source(path, size, on_progress or (lambda *_: None), val_fraction, threads)
     write_cache(cache_file, dataset)
     return dataset
 
@@ -154,41 +165,40 @@ def write_cache(cache_file: Path, dataset: Dataset) -> None:
     os.replace(partial, cache_file)
 
 
-def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float) -> Dataset:
+def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float, threads: int) -> Dataset:
     name = path.name.lower()
     if path.is_dir() and (path / "data_batch_1").exists():
         return read_cifar_batches(lambda member: (path / member).read_bytes(), str(path), size)
     if path.is_dir():
-        return read_image_folder(iter_folder_images(path), str(path), size, on_progress, val_fraction)
+        return read_image_folder(iter_folder_images(path), str(path), size, on_progress, val_fraction, threads)
     if name.endswith(ARCHIVE_SUFFIXES):
-        return decode_archive(path, size, on_progress, val_fraction)
+        try:
+            with open_archive(path) as (names, read):
+                batches = [member for member in names if member.endswith("cifar-10-batches-py/data_batch_1")]
+                if batches:
+                    prefix = batches[0][: -len("data_batch_1")]
+                    return read_cifar_batches(lambda member: read(prefix + member), str(path), size)
+                images = ((member, read(member)) for member in names if is_image_name(member))
+                return read_image_folder(images, str(path), size, on_progress, val_fraction, threads)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+            raise CifarError(f"--data {path}: cannot read the archive ({first_line(error)})") from None
     raise CifarError(
         f"--data {path}: not a data source; give an image folder (ROOT/train/<class>, ROOT/test/<class> "
         "or ROOT/<class>), a .tar.gz/.tgz/.zip of one, or the official cifar-10-python.tar.gz"
     )
 
 
-def decode_archive(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float) -> Dataset:
-    try:
-        if path.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as archive:
-                members = {info.filename: info for info in archive.infolist() if not info.is_dir()}
-                batches = [m for m in members if m.endswith("cifar-10-batches-py/data_batch_1")]
-                if batches:
-                    prefix = batches[0][: -len("data_batch_1")]
-                    return read_cifar_batches(lambda m: archive.read(prefix + m), str(path), size)
-                images = ((m, archive.read(m)) for m in members if is_image_name(m))
-                return read_image_folder(images, str(path), size, on_progress, val_fraction)
-        with tarfile.open(path, "r:*") as archive:
-            members = {m.name: m for m in archive.getmembers() if m.isfile()}
-            batches = [m for m in members if m.endswith("cifar-10-batches-py/data_batch_1")]
-            if batches:
-                prefix = batches[0][: -len("data_batch_1")]
-                return read_cifar_batches(lambda m: archive.extractfile(members[prefix + m]).read(), str(path), size)
-            images = ((m, archive.extractfile(members[m]).read()) for m in members if is_image_name(m))
-            return read_image_folder(images, str(path), size, on_progress, val_fraction)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        raise CifarError(f"--data {path}: cannot read the archive ({first_line(error)})") from None
+@contextlib.contextmanager
+def open_archive(path: Path):
+    """(names of the regular files, read(name) -> bytes) of a .zip or a tar archive, read in
+    memory: nothing is extracted, so no member's name can point outside."""
+    if path.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as archive:
+            yield [info.filename for info in archive.infolist() if not info.is_dir()], archive.read
+        return
+    with tarfile.open(path, "r:*") as archive:
+        members = {member.name: member for member in archive.getmembers() if member.isfile()}
+        yield list(members), lambda name: archive.extractfile(members[name]).read()
 
 
 # ---------------------------------------------------------------- the official pickles
@@ -262,6 +272,7 @@ def read_image_folder(
     size: int,
     on_progress: ProgressCallback,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    threads: int = 1,
 ) -> Dataset:
     """items: (path inside the source, bytes or file). Paths end in <split>/<class>/<file>, or in
     <class>/<file> when the source has no train/ and test/: then each class's test images are
@@ -269,8 +280,8 @@ def read_image_folder(
     files = [(Path(name).parts, name, payload) for name, payload in items if not Path(name).name.startswith(".")]
     in_splits = [entry for entry in files if len(entry[0]) >= 3 and entry[0][-3] in ("train", "test")]
     entries = [(parts[-3], parts[-2], name, payload) for parts, name, payload in in_splits]
-    held_out = not entries
-    if held_out:
+    holds_out = not entries
+    if holds_out:
         in_classes = [(parts[-2], name, payload) for parts, name, payload in files if len(parts) >= 2]
         entries = hold_out(in_classes, val_fraction, source)
     entries.sort(key=lambda entry: (entry[0], entry[1], Path(entry[2]).name))  # archive order varies
@@ -290,7 +301,7 @@ def read_image_folder(
             return None, f"{name}: {str(error).split(': ', 1)[-1]}"
 
     results = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for done, result in enumerate(pool.map(decode, entries, chunksize=256), 1):
             results.append(result)
             if done % 1000 == 0 or done == len(entries):
@@ -311,7 +322,7 @@ def read_image_folder(
         if not pixels:
             raise CifarError(f"--data {source}: no readable images in {split}/")
         splits[split] = Split(np.stack(pixels), np.asarray(labels, dtype=np.int64))
-    if not held_out:
+    if not holds_out:
         return Dataset(splits["train"], splits["test"], classes, source, skipped)
     decoded = zip(entries, results, strict=True)
     test_files = sorted(name for (split, _, name, _), (_, error) in decoded if split == "test" and not error)

@@ -20,7 +20,8 @@ from cifarcli.errors import CifarError
 class Ranks:
     rank: int = 0
     world: int = 1
-    local_world: int = 1
+    local_rank: int = 0  # this process's number on its machine
+    local_world: int = 1  # processes on this machine
 
     @property
     def is_main(self) -> bool:
@@ -44,7 +45,23 @@ def join_process_group(device: str) -> Ranks:
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Ranks(dist.get_rank(), world, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return Ranks(dist.get_rank(), world, *local)
+
+
+def once_per_machine(ranks: Ranks, work):
+    """work() on the first process of each machine, then on the others: it decodes and caches
+    the data there, and the others find the cache."""
+    if not ranks.active:
+        return work()
+    import torch.distributed as dist
+
+    if ranks.local_rank == 0:
+        result = work()
+        dist.barrier()
+        return result
+    dist.barrier()
+    return work()
 
 
 def wrap_model(model, device: str, ranks: Ranks):

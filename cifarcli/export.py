@@ -1,21 +1,22 @@
 """Export a checkpoint to one self-describing .onnx file, prove it equals PyTorch, optionally INT8.
 
 The graph takes float32 NCHW RGB in [0, 1] with a dynamic batch axis and normalises inside
-itself; metadata_props carry the model description (onnx_model.py). The file is written
-beside its destination and only replaces it once every check has passed.
+itself; metadata_props carry the model card (onnx_model.py). The model is built, checked and
+described in memory, then saved once, atomically: nothing replaces the destination until every
+check has passed. An INT8 file comes after the fp32 one, which it never takes down with it.
 """
 
 import contextlib
 import datetime
 import logging
-import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from cifarcli.checkpoint import ModelInfo
+from cifarcli.checkpoint import atomic_write
 from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, softmax, to_model_input
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
@@ -49,7 +50,7 @@ class ExportReport:
     checked_on: str  # "test split" or "generated images"
     max_abs_diff: float
     agreement: float
-    ort_images_per_s: float
+    ort_images_per_s: "float | None" = None  # with speed=True (`cifar export --speed`)
     temperature: float = 1.0  # fitted on training images with --data; 1: not fitted
     calibration: dict = field(default_factory=dict)  # fitted_on, test ECE before and after, with --data
     int8: dict = field(default_factory=dict)  # path, size, accuracies and speeds when --int8
@@ -99,7 +100,8 @@ def batchnorm_before_pool(model):
     return model
 
 
-def export_onnx(model, input_size: int, opset: int, metadata: dict, path: Path) -> None:
+def build_onnx(model, input_size: int, opset: int):
+    """The model as an ONNX ModelProto, in memory."""
     import onnx
     import torch
 
@@ -121,14 +123,19 @@ def export_onnx(model, input_size: int, opset: int, metadata: dict, path: Path) 
     # The exporter stamps its own (newest) IR version; older runtimes refuse what they do not know.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     proto.doc_string = "cifarcli image classifier: input 'images' float32 NCHW RGB in [0,1]; output 'logits'"
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    write_metadata(path, metadata)
+    return proto
 
 
-def onnx_ir_version(path: Path) -> int:
-    import onnx
+def described(proto, metadata: dict[str, str]) -> bytes:
+    """The serialized model with exactly these metadata_props."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
 
-    return onnx.load(str(path), load_external_data=False).ir_version
+
+def save(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda file: file.write(data))
 
 
 def runtimes_for(opset: int) -> str:
@@ -163,7 +170,7 @@ def split_accuracy(classifier, split) -> float:
 
 
 def export_checkpoint(
-    checkpoint: Path,
+    checkpoint: "Path | TorchClassifier",
     output: "Path | None" = None,
     opset: "int | None" = None,
     dataset: "Dataset | None" = None,
@@ -171,19 +178,22 @@ def export_checkpoint(
     calibration_images: int = 300,
     threads: int = 0,
     int8_max_loss: float = 0.01,
+    speed: bool = False,
 ) -> ExportReport:
-    torch_model = TorchClassifier.from_checkpoint(checkpoint)
+    """Export a checkpoint (its path, or loaded as a TorchClassifier) to output, beside the
+    checkpoint by default. speed: also time ONNX Runtime (a few seconds)."""
+    loaded = isinstance(checkpoint, TorchClassifier)
+    torch_model = checkpoint if loaded else TorchClassifier.from_checkpoint(checkpoint)
     info = torch_model.info
     if dataset is not None and dataset.classes != info.classes:
         raise CifarError(f"--data {dataset.source}: its classes differ from the checkpoint's {info.classes}")
     if int8 and dataset is None:
         raise CifarError("--int8 needs --data: calibration uses training images and the report test accuracy")
-    output = Path(output) if output else Path(checkpoint).with_suffix(".onnx")
+    output = Path(output) if output else Path(torch_model.source).with_suffix(".onnx")
     if output.suffix.lower() != ".onnx":
         raise CifarError(f"-o {output}: the output file must end in .onnx")
     if output.is_dir():
         raise CifarError(f"-o {output}: is a folder; give a file name ending in .onnx")
-    output.parent.mkdir(parents=True, exist_ok=True)
     newest = newest_supported_opset()
     if opset is not None and not OLDEST_OPSET <= opset <= newest:
         raise CifarError(
@@ -191,82 +201,59 @@ def export_checkpoint(
         )
     opset = opset or DEFAULT_OPSET
     export_date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp.onnx")
-    try:
-        export_onnx(torch_model.model, info.input_size, opset, metadata_for(info, export_date), temp)
-        onnx_model = OnnxClassifier(temp, threads)  # runs onnx.checker with full_check
-        images, checked_on = parity_images(dataset, info.input_size)
-        expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)
-        max_diff = float(np.abs(expected - actual).max())
-        agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
-        if not (max_diff <= MAX_ABS_DIFF and agreement == 1.0):  # NaN fails too
-            raise CifarError(
-                f"{output}: ONNX Runtime differs from PyTorch (max |diff| {max_diff:.2e} > {MAX_ABS_DIFF:g} "
-                f"or top-1 agreement {agreement:.2%} < 100%); not written, try another --opset"
-            )
-        report = ExportReport(
-            output,
-            temp.stat().st_size,
-            opset,
-            onnx_ir_version(temp),
-            runtimes_for(opset),
-            len(images),
-            checked_on,
-            max_diff,
-            agreement,
-            ort_speed(onnx_model, images),
+    proto = build_onnx(torch_model.model, info.input_size, opset)
+    onnx_model = OnnxClassifier(described(proto, metadata_for(info, export_date)), threads, source=str(output))
+    images, checked_on = parity_images(dataset, info.input_size)
+    expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)
+    max_diff = float(np.abs(expected - actual).max())
+    agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
+    if not (max_diff <= MAX_ABS_DIFF and agreement == 1.0):  # NaN fails too
+        raise CifarError(
+            f"{output}: ONNX Runtime differs from PyTorch (max |diff| {max_diff:.2e} > {MAX_ABS_DIFF:g} "
+            f"or top-1 agreement {agreement:.2%} < 100%); not written, try another --opset"
         )
-        if dataset is not None:
-            info = replace(info, temperature=calibrate(onnx_model, dataset, report))
-            write_metadata(temp, metadata_for(info, export_date))
-        if int8:
-            report.int8 = quantize_int8(
-                temp, output, dataset, calibration_images, onnx_model, threads, info, export_date, int8_max_loss
-            )
-        os.replace(temp, output)
-        return report
-    finally:
-        temp.unlink(missing_ok=True)
+    report = ExportReport(output, 0, opset, proto.ir_version, runtimes_for(opset), len(images), checked_on,
+                          max_diff, agreement)  # fmt: skip
+    if speed:
+        report.ort_images_per_s = ort_speed(onnx_model, images)
+    if dataset is not None:
+        info = replace(info, temperature=calibrate(onnx_model, dataset, report))
+    data = described(proto, metadata_for(info, export_date))
+    report.size_bytes = len(data)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save(output, data)
+    if int8:
+        fp32_model = OnnxClassifier(data, threads, source=str(output))
+        report.int8 = quantize_int8(data, output, dataset, calibration_images, fp32_model, threads, info,
+                                    export_date, int8_max_loss, speed)  # fmt: skip
+    return report
 
 
 def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
     """Fit the temperature on up to TEMPERATURE_IMAGES training images (the test split is for
     measuring, never for fitting) and record the test split's calibration error before and after."""
-    rng = np.random.default_rng(0)
-    picks = np.sort(rng.choice(len(dataset.train), min(TEMPERATURE_IMAGES, len(dataset.train)), replace=False))
-    logits = predict_in_batches(classifier, dataset.train.images[picks], SPEED_BATCH)
-    temperature = fit_temperature(logits, dataset.train.labels[picks])
+    fitting = dataset.train.sample(TEMPERATURE_IMAGES)
+    logits = predict_in_batches(classifier, fitting.images, SPEED_BATCH)
+    temperature = fit_temperature(logits, fitting.labels)
     test_logits = predict_in_batches(classifier, dataset.test.images, SPEED_BATCH).astype(np.float64)
     correct = test_logits.argmax(1) == dataset.test.labels
     before, _ = calibration(softmax(test_logits).max(1), correct)
     after, _ = calibration(softmax(test_logits / temperature).max(1), correct)
     report.temperature = temperature
-    report.calibration = {"fitted_on": f"{len(picks)} training images", "test_ece": before, "test_ece_scaled": after}
+    report.calibration = {"fitted_on": f"{len(fitting)} training images", "test_ece": before, "test_ece_scaled": after}
     return temperature
 
 
-def write_metadata(path: Path, metadata: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-
-
-def drop_unused_opset_imports(path: Path) -> None:
+def drop_unused_opset_imports(proto) -> None:
     """ONNX Runtime's quantizer imports every domain it knows (ai.onnx.ml 5 among them), which
     older runtimes refuse to load; keep the domains the graph uses, and the IR version they need."""
     import onnx
 
-    proto = onnx.load(str(path))
     used = {node.domain for node in proto.graph.node} | {""}
     kept = [entry for entry in proto.opset_import if entry.domain in used]
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
     proto.ir_version = onnx.helper.find_min_ir_version_for(kept, ignore_unknown=True)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
 @contextlib.contextmanager
@@ -281,10 +268,19 @@ def root_logger_quiet():
 
 
 def quantize_int8(
-    fp32_path: Path, output: Path, dataset: Dataset, count: int, fp32_model, threads, info, export_date, max_loss
+    fp32_data: bytes,
+    output: Path,
+    dataset: Dataset,
+    count: int,
+    fp32_model,
+    threads,
+    info,
+    export_date,
+    max_loss,
+    speed,
 ):
     """Static quantization of the convolutions with ONNX Runtime's own tools, calibrated on
-    training images; returns accuracies and speeds of both models.
+    training images; writes <output>.int8.onnx and returns both models' accuracies (and speeds).
 
     The format is the one that loads everywhere we checked (benchmarks/portability.py): standard
     QLinearConv nodes, which OpenCV's importer reads and ONNX Runtime runs as fast as the QDQ form
@@ -298,9 +294,7 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    rng = np.random.default_rng(0)
-    picks = rng.choice(len(dataset.train), size=min(count, len(dataset.train)), replace=False)
-    calibration = dataset.train.images[np.sort(picks)]
+    calibration = dataset.train.sample(count).images
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -311,17 +305,17 @@ def quantize_int8(
             return None if batch is None else {"images": to_model_input(batch)}
 
     int8_path = output.with_name(output.stem + ".int8.onnx")
-    prepared = output.with_name(f".{output.stem}.{os.getpid()}.prep.onnx")
-    temp = output.with_name(f".{int8_path.name}.{os.getpid()}.tmp.onnx")
-    try:
+    with tempfile.TemporaryDirectory() as folder:  # the quantizer's tools read and write files
+        fp32_file, prepared, quantized = (Path(folder) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
+        fp32_file.write_bytes(fp32_data)
         with root_logger_quiet():  # the quantizer's "WARNING:root:Axis 1 is out-of-range ..." chatter
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(fp32_file), str(prepared), skip_symbolic_shape=True)
             # The first convolution stays float: airbench's whitening stem scales its filters by
-            # 1/sqrt(eigenvalue), and its int8 output cost the default model 57 points (89% -> 33%).
+            # 1/sqrt(eigenvalue), and its int8 output cost the default model most of its accuracy.
             first_conv = next(node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv")
             quantize_static(
                 str(prepared),
-                str(temp),
+                str(quantized),
                 Batches(),
                 quant_format=QuantFormat.QOperator,
                 per_channel=True,
@@ -331,33 +325,26 @@ def quantize_int8(
                 op_types_to_quantize=["Conv"],
                 nodes_to_exclude=[first_conv],
             )
-        drop_unused_opset_imports(temp)
-        write_metadata(temp, metadata_for(info, export_date))
-        fp32_acc = split_accuracy(fp32_model, dataset.test)
-        int8_acc = split_accuracy(OnnxClassifier(temp, threads), dataset.test)
-        if fp32_acc - int8_acc > max_loss:
-            raise CifarError(
-                f"{int8_path}: not written, INT8 scores {int8_acc:.2%} against fp32's {fp32_acc:.2%} on the test "
-                f"split, more than --int8-max-loss {max_loss:g} below; calibrate on more images or raise the limit"
-            )
-        # The INT8 file describes itself: its own accuracy, the fp32 figure beside it, and none of
-        # the fp32 model's other test figures (loss, TTA), which it was not measured for.
-        kept = {key: value for key, value in info.metrics.items() if key not in ("test_loss", "test_acc_tta")}
-        metrics = {**kept, "test_acc": round(int8_acc, 5), "fp32_test_acc": round(fp32_acc, 5)}
-        quantized_info = ModelInfo(**{**info.to_dict(), "metrics": metrics})
-        write_metadata(temp, {**metadata_for(quantized_info, export_date), "quantization": INT8_DESCRIPTION})
-        int8_model = OnnxClassifier(temp, threads)
-        result = {
-            "path": str(int8_path),
-            "size_bytes": temp.stat().st_size,
-            "calibration_images": len(calibration),
-            "fp32_test_acc": fp32_acc,
-            "int8_test_acc": int8_acc,
-            "fp32_images_per_s": ort_speed(fp32_model, dataset.test.images[:SPEED_BATCH]),
-            "int8_images_per_s": ort_speed(int8_model, dataset.test.images[:SPEED_BATCH]),
-        }
-        os.replace(temp, int8_path)
-        return result
-    finally:
-        prepared.unlink(missing_ok=True)
-        temp.unlink(missing_ok=True)
+        proto = onnx.load(str(quantized))
+    drop_unused_opset_imports(proto)
+    fp32_acc = split_accuracy(fp32_model, dataset.test)
+    int8_acc = split_accuracy(OnnxClassifier(described(proto, metadata_for(info, export_date)), threads), dataset.test)
+    if fp32_acc - int8_acc > max_loss:
+        raise CifarError(
+            f"{int8_path}: not written (the fp32 {output.name} was), INT8 scores {int8_acc:.2%} against fp32's "
+            f"{fp32_acc:.2%} on the test split, more than --int8-max-loss {max_loss:g} below; calibrate on more "
+            "images (--calibration-images) or raise the limit"
+        )
+    # The INT8 file describes itself: its own accuracy, the fp32 figure beside it, and none of
+    # the fp32 model's other test figures (loss, TTA), which it was not measured for.
+    metrics = {"test_acc": round(int8_acc, 5), "fp32_test_acc": round(fp32_acc, 5)}
+    quantized_info = info.measured(info.epoch, **metrics, train_seconds=info.metrics.train_seconds)
+    data = described(proto, metadata_for(quantized_info, export_date, INT8_DESCRIPTION))
+    save(int8_path, data)
+    result = {"path": str(int8_path), "size_bytes": len(data), "calibration_images": len(calibration),
+              "fp32_test_acc": fp32_acc, "int8_test_acc": int8_acc}  # fmt: skip
+    if speed:
+        int8_model = OnnxClassifier(data, threads)
+        result["fp32_images_per_s"] = ort_speed(fp32_model, dataset.test.images[:SPEED_BATCH])
+        result["int8_images_per_s"] = ort_speed(int8_model, dataset.test.images[:SPEED_BATCH])
+    return result

@@ -1,6 +1,15 @@
-"""What this CPU can do fast, from /proc/cpuinfo's flags (empty where there is none)."""
+"""What this CPU can do: its cores, and what it runs fast from /proc/cpuinfo's flags (empty where none)."""
 
 import functools
+import os
+
+
+def cores() -> int:
+    """The CPU cores this process may use: every thread and worker count starts from this."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @functools.cache

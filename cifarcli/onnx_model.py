@@ -15,57 +15,40 @@ from cifarcli.errors import CifarError, first_line
 # The package's own models, checked when tools/build_default_model.py built them: the
 # onnx checker (about 0.1 s of a one-image prediction) runs on every other file.
 BUNDLED_FOLDER = Path(__file__).parent / "assets"
+CARD_KEY = "cifarcli_model_card"  # the model card's JSON, as checkpoints hold it
 INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = "float32 RGB in [0, 1]"
 
 
-def metadata_for(info: ModelInfo, export_date: str) -> dict[str, str]:
-    """The metadata_props written into every export: all strings, JSON where structured."""
-    return {
-        "cifarcli_model": info.model,
+def metadata_for(info: ModelInfo, export_date: str, quantization: "str | None" = None) -> dict[str, str]:
+    """The metadata_props of an export: the model card under CARD_KEY, which is what cifarcli
+    reads back, and flat keys derived from it for other tools (never read back)."""
+    flat = {
         "classes": json.dumps(info.classes),
         "input_size": str(info.input_size),
         "input_layout": INPUT_LAYOUT,
         "input_range": INPUT_RANGE,
         "normalization": json.dumps({"mean": info.mean, "std": info.std, "inside_graph": True}),
-        "test_accuracy": json.dumps(info.metrics.get("test_acc")),
-        "metrics": json.dumps(info.metrics),
-        "recipe": json.dumps(info.recipe),
-        "epoch": str(info.epoch),
-        "training_precision": info.precision,
-        "val_fraction": str(info.val_fraction),
+        "test_accuracy": json.dumps(info.metrics.test_acc),
         "temperature": str(info.temperature),
         "cifarcli_version": info.version,
         "export_date": export_date,
     }
+    return {CARD_KEY: json.dumps(info.to_dict()), **flat, **({"quantization": quantization} if quantization else {})}
 
 
 def info_from_metadata(metadata: dict[str, str], source: str) -> ModelInfo:
-    if "cifarcli_model" not in metadata or "classes" not in metadata:
+    if CARD_KEY not in metadata:
         raise CifarError(
-            f"{source}: not a cifarcli export (no class names in its metadata); export it with `cifar export`"
+            f"{source}: not a cifarcli export (no model card in its metadata); export it with `cifar export`"
         )
     try:
-        normalization = json.loads(metadata.get("normalization", "{}"))
-        values = {
-            "model": metadata["cifarcli_model"],
-            "classes": json.loads(metadata["classes"]),
-            "input_size": int(metadata["input_size"]),
-            "mean": normalization["mean"],
-            "std": normalization["std"],
-            "recipe": json.loads(metadata.get("recipe", "{}")),
-            "metrics": json.loads(metadata.get("metrics", "{}")),
-            "epoch": int(metadata.get("epoch", 0)),
-            "precision": metadata.get("training_precision", "fp32"),
-            "val_fraction": float(metadata.get("val_fraction", 0)),
-            "temperature": float(metadata.get("temperature", 1)),
-            "version": metadata.get("cifarcli_version", "unknown"),
-        }
-    except (KeyError, ValueError, TypeError) as error:
-        raise CifarError(
-            f"{source}: malformed cifarcli metadata ({type(error).__name__}: {first_line(error)})"
-        ) from None
-    return ModelInfo.from_dict(values, source)
+        card = json.loads(metadata[CARD_KEY])
+    except ValueError as error:
+        raise CifarError(f"{source}: malformed cifarcli model card ({first_line(error)})") from None
+    if not isinstance(card, dict):
+        raise CifarError(f"{source}: malformed cifarcli model card (not a JSON object)")
+    return ModelInfo.from_dict(card, source)
 
 
 def check_with_onnx(serialized: bytes, source: str) -> None:
@@ -104,24 +87,28 @@ def explain_load_failure(error: Exception, path: Path) -> str:
     )
 
 
-def open_onnx_model(path: "str | Path", threads: int = 0):
-    """(description, ONNX Runtime session) of a cifarcli export, or a one-line CifarError.
-    threads: ONNX Runtime's intra-op threads (0: its default, one per core)."""
+def open_onnx_model(model: "str | Path | bytes", threads: int = 0, source: "str | None" = None):
+    """(description, ONNX Runtime session) of a cifarcli export, from its file or its bytes, or a
+    one-line CifarError. threads: ONNX Runtime's intra-op threads (0: its default, one per core)."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise CifarError(f"{path}: no such ONNX file")
-    serialized = path.read_bytes()
-    if path.resolve().parent != BUNDLED_FOLDER.resolve():
-        check_with_onnx(serialized, str(path))
+    if isinstance(model, bytes):
+        serialized, bundled = model, False
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise CifarError(f"{path}: no such ONNX file")
+        serialized, bundled = path.read_bytes(), path.resolve().parent == BUNDLED_FOLDER.resolve()
+    source = source or str(model)
+    if not bundled:
+        check_with_onnx(serialized, source)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     try:
-        # From bytes, not the path: ONNX Runtime then cannot resolve external data next to it.
+        # From bytes, not a path: ONNX Runtime then cannot resolve external data next to it.
         session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise CifarError(explain_load_failure(error, path)) from None
+        raise CifarError(explain_load_failure(error, source)) from None
     metadata = dict(session.get_modelmeta().custom_metadata_map)
-    return info_from_metadata(metadata, str(path)), session
+    return info_from_metadata(metadata, source), session

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,18 +43,18 @@ ONE_AT_A_TIME_BELOW_BYTES = 8192
 SMALL_FILE_DECODING = threading.Lock()
 
 
-def choose_bundled_model(precision: "str | None") -> tuple[Path, str]:
-    """(bundled model, why) for --precision fp32, int8 or None (this CPU's choice): INT8 on x86
+def choose_bundled_model(bundled: "str | None") -> tuple[Path, str]:
+    """(bundled model, why) for --bundled fp32, int8 or None (this CPU's choice): INT8 on x86
     CPUs whose int8 instructions ONNX Runtime's INT8 kernels use, where the bundled INT8 file was
     measured faster than fp32 (docs/decisions.md), fp32 elsewhere."""
-    if precision is not None:
-        if precision not in BUNDLED_MODELS:
-            raise CifarError(f"--precision {precision}: choose {' or '.join(BUNDLED_MODELS)}")
-        return BUNDLED_MODELS[precision], f"--precision {precision}"
+    if bundled is not None:
+        if bundled not in BUNDLED_MODELS:
+            raise CifarError(f"--bundled {bundled}: choose {' or '.join(BUNDLED_MODELS)}")
+        return BUNDLED_MODELS[bundled], f"--bundled {bundled}"
     instructions = cpu_int8_instructions()
     if instructions is None:
-        return BUNDLED_MODELS["fp32"], "fp32: this CPU has no AVX2 or VNNI int8 instructions; --precision int8 for INT8"
-    return BUNDLED_MODELS["int8"], f"INT8, for this CPU's {instructions} int8 instructions; --precision fp32 for fp32"
+        return BUNDLED_MODELS["fp32"], "fp32: this CPU has no AVX2 or VNNI int8 instructions; --bundled int8 for INT8"
+    return BUNDLED_MODELS["int8"], f"INT8, for this CPU's {instructions} int8 instructions; --bundled fp32 for fp32"
 
 
 @dataclass
@@ -197,19 +198,18 @@ def predict_files(
     files: list[str],
     batch_size: int = PREDICT_BATCH,
     top_k: int = 1,
-    workers: int = 0,
+    workers: int = 1,
     min_confidence: float = 0,
 ) -> Iterator[Row]:
     """Rows in the order of `files`, batch by batch.
 
-    Each of `workers` threads (one per core by default) decodes a batch and runs it through the
+    Each of `workers` threads (cifar predict: one per core) decodes a batch and runs it through the
     model itself; open the classifier with one ONNX Runtime thread, as cifar predict does. Every
     core then does whole batches, with no hand-off between decoding threads and a model that
     splits each operator across the cores, which ran slower (docs/decisions.md). At most two
     batches per worker are in flight, so memory stays flat
     however many files. A top confidence below min_confidence is labelled UNSURE; the row keeps
     that confidence and the top-k candidates."""
-    workers = workers or os.cpu_count() or 1
     top_k = max(1, min(top_k, len(classifier.info.classes)))
     # A folder of a few images still gives every worker a share.
     per_batch = max(1, min(batch_size, -(-len(files) // workers)))
@@ -222,6 +222,25 @@ def predict_files(
                 yield from in_flight.popleft().result()
         while in_flight:
             yield from in_flight.popleft().result()
+
+
+def run_predictions(classifier, files: list[str], writer: "RowWriter | None", summary: "Summary", on_row,
+                    batch_size: int, top_k: int, workers: int, min_confidence: float) -> "Summary":  # fmt: skip
+    """Predict every file, counting each row in `summary` and writing it with `writer` as it
+    comes; on_row(summary) after each. The writer is closed however the loop ends, so every row
+    written so far stays in the file."""
+    started = time.perf_counter()
+    try:
+        for row in predict_files(classifier, files, batch_size, top_k, workers, min_confidence):
+            summary.add(row)
+            if writer:
+                writer.write(row)
+            on_row(summary)
+    finally:
+        summary.seconds = time.perf_counter() - started
+        if writer:
+            writer.close()
+    return summary
 
 
 # ---------------------------------------------------------------- writing rows

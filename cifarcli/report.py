@@ -5,7 +5,6 @@ bars are drawn only when stderr is a terminal, so logs get one plain line per ep
 """
 
 import contextlib
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -75,7 +74,7 @@ def progress_callback():
 
 
 class TrainDisplay:
-    """Implements train.py's events: a live bar per epoch, or one line per epoch in logs."""
+    """Implements train.py's events: a line per epoch, with a live bar for the epoch under way on a terminal."""
 
     def __init__(self):
         self.progress = None
@@ -83,7 +82,7 @@ class TrainDisplay:
 
     def start(self, context, model_name, epochs, steps_per_epoch):
         note(
-            f"training [bold]{model_name}[/] for {epochs} epochs on {context.describe()} -> {context.run_dir}; "
+            f"training [bold]{model_name}[/] for {epochs} epochs on {context.describe()} -> {context.folder.path}; "
             "each epoch's test accuracy is a quick estimate, the last epoch's exact (fp32, whole test split)"
         )
         self.epochs = epochs
@@ -105,8 +104,7 @@ class TrainDisplay:
             f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f} ({scored_on(row)})  "
             f"{row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
         )
-        if self.progress.disable:
-            note(line)
+        err.print(line, highlight=False, soft_wrap=True)  # on a terminal, above the live bars: it stays on screen
 
     def close(self):
         if self.progress:
@@ -139,12 +137,7 @@ def show_training_result(result) -> None:
         f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%} "
         f"(fp32); training {result.train_seconds:.0f} s in {result.precision}"
     )
-    files = ", ".join(
-        name
-        for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.json")
-        if (Path(result.run_dir) / name).exists()
-    )
-    out.print(f"wrote {files} to {result.run_dir}")
+    out.print(f"wrote {', '.join(result.written)} to {result.run_dir}")
 
 
 def show_models(rows: list[dict]) -> None:
@@ -237,7 +230,8 @@ def show_export(result) -> None:
     table.add_row(f"images compared ({result.checked_on})", f"{result.images_checked:,}")
     table.add_row("max |logit difference| vs PyTorch", f"{result.max_abs_diff:.2e}")
     table.add_row("top-1 agreement", f"{result.agreement:.2%}")
-    table.add_row("ONNX Runtime images/s (batch 256)", f"{result.ort_images_per_s:,.0f}")
+    if result.ort_images_per_s:
+        table.add_row("ONNX Runtime images/s (batch 256)", f"{result.ort_images_per_s:,.0f}")
     if result.calibration:
         c = result.calibration
         table.add_row(f"temperature (fitted on {c['fitted_on']})", f"{result.temperature:.3f}")
@@ -248,14 +242,12 @@ def show_export(result) -> None:
     if result.int8:
         q = result.int8
         table = Table(title=f"INT8: {q['path']}")
-        for column in ("model", "size MB", "test accuracy", "images/s (batch 256)"):
+        speeds = "fp32_images_per_s" in q
+        for column in ("model", "size MB", "test accuracy", *(["images/s (batch 256)"] if speeds else [])):
             table.add_column(column, justify="right")
-        table.add_row(
-            "fp32", f"{result.size_bytes / 1e6:.2f}", f"{q['fp32_test_acc']:.2%}", f"{q['fp32_images_per_s']:,.0f}"
-        )
-        table.add_row(
-            "int8", f"{q['size_bytes'] / 1e6:.2f}", f"{q['int8_test_acc']:.2%}", f"{q['int8_images_per_s']:,.0f}"
-        )
+        for name, size in (("fp32", result.size_bytes), ("int8", q["size_bytes"])):
+            speed = [f"{q[f'{name}_images_per_s']:,.0f}"] if speeds else []
+            table.add_row(name, f"{size / 1e6:.2f}", f"{q[f'{name}_test_acc']:.2%}", *speed)
         out.print(table)
 
 
@@ -272,8 +264,8 @@ class PredictDisplay:
         self.task = self.progress.add_task("predicting", total=self.total, failed=0)
         return self
 
-    def advance(self, done: int, failed: int) -> None:
-        self.progress.update(self.task, completed=done, failed=failed)
+    def advance(self, summary) -> None:
+        self.progress.update(self.task, completed=summary.images, failed=summary.failed)
 
     def __exit__(self, *exc):
         self.progress.stop()

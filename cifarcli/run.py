@@ -1,9 +1,9 @@
-"""A training run's context, decided once: device, precision, processes, run folder, stops.
+"""A training run's context, decided once: device, precision, processes, threads, run folder.
 
 After nanoGPT's top-of-script block ("device, dtype, ddp rank: decided once, used everywhere"):
-`prepare_run()` makes a RunContext before training, `train()` reads it, and `config.json`
-records it. A resumed run rebuilds the same context from its run folder (`load_resumable_run`),
-so `cifar train --resume RUN_DIR` needs nothing else.
+`prepare_run()` decides the device, joins the process group and decides the precision and the
+threads; `take_run_folder()` adds the run folder once the data has loaded; `train()` reads the
+context and `config.json` records it. Nothing downstream decides any of these again.
 
 Precision names the autocast of the training steps only. Every accuracy a run prints or records
 is scored in fp32, so that `cifar evaluate` of the checkpoint and of its ONNX export reproduce
@@ -11,30 +11,18 @@ it on any machine.
 """
 
 import contextlib
-import json
 import os
-import signal
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cifarcli.data import DEFAULT_VAL_FRACTION
+from cifarcli import stops
 from cifarcli.distributed import Ranks, broadcast_from_main, join_process_group
 from cifarcli.errors import CifarError
-from cifarcli.hardware import cpu_has_native_bf16
+from cifarcli.hardware import cores, cpu_has_native_bf16
+from cifarcli.run_folder import RunFolder
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
-# config.json before --precision existed spelled the dtype out.
-EARLIER_PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-class TrainingInterrupted(Exception):
-    """Raised by the SIGTERM handler; last.pt holds the last completed epoch."""
-
-    def __init__(self, signal_number: int):
-        super().__init__(signal_number)
-        self.signal_number = signal_number
 
 
 @dataclass(frozen=True)
@@ -42,8 +30,8 @@ class RunContext:
     device: str  # "cpu", "cuda:0", "mps"
     precision: str  # autocast of the training steps: "fp32", "bf16" or "fp16"
     ranks: Ranks
-    run_dir: Path
-    threads: int  # torch intra-op threads of this process (the CPU's cores shared among its processes)
+    threads: int  # torch intra-op threads of this process (the machine's cores shared among its processes)
+    folder: "RunFolder | None" = None  # taken once the data has loaded
 
     @property
     def device_type(self) -> str:
@@ -52,6 +40,11 @@ class RunContext:
     @property
     def autocast_dtype(self):
         return autocast_dtype_of(self.precision)
+
+    @property
+    def matrix_product_convolutions(self) -> bool:
+        """bf16 training on a CPU takes small maps' convolutions as matrix products (small_map_conv.py)."""
+        return self.device_type == "cpu" and self.precision == "bf16"
 
     def describe(self) -> str:
         processes = f", {self.ranks.world} processes" if self.ranks.active else ""
@@ -88,11 +81,10 @@ def resolve_device(requested: str, local_rank: int) -> str:
 
 
 def resolve_precision(requested: str, device: str) -> str:
-    """auto: bf16 where the hardware runs it natively, else fp16 on CUDA and fp32 elsewhere.
-    Emulated bf16 on CPUs without avx512_bf16/amx_bf16 is 9-16x slower than fp32."""
+    """auto: bf16 where the hardware runs it natively, else fp16 on CUDA and fp32 elsewhere
+    (emulated bf16 on CPUs without avx512_bf16 or AMX is many times slower than fp32)."""
     import torch
 
-    requested = EARLIER_PRECISION_NAMES.get(requested, requested)
     if requested not in PRECISIONS:
         raise CifarError(f"--precision {requested}: choose {', '.join(PRECISIONS)}")
     device_type = device.split(":")[0]
@@ -105,40 +97,22 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def prepare_run(
-    device: str = "auto",
-    precision: str = "auto",
-    run_dir: "Path | None" = None,
-    out: Path = Path("runs/train"),
-    name: str = "exp",
-) -> RunContext:
+def prepare_run(device: str = "auto", precision: str = "auto", run_dir: "Path | None" = None) -> RunContext:
     """Decide the device (from LOCAL_RANK under torchrun), join the process group, decide the
-    precision, and take the run folder: `run_dir` when given (a resumed run, or a library
-    caller's own), else a new numbered folder under out/name, made by rank 0."""
+    precision and the threads. `run_dir`: a folder of the caller's own (a library caller, a
+    resumed run); else take_run_folder() makes one once the data has loaded."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device, local_rank)
     ranks = join_process_group(device)
-    precision = resolve_precision(precision, device)
-    if run_dir is None:
-        run_dir = broadcast_from_main(new_run_dir(out, name) if ranks.is_main else None, ranks)
-    threads = max(1, (os.cpu_count() or 1) // ranks.local_world)
-    return RunContext(device, precision, ranks, Path(run_dir), threads)
+    context = RunContext(device, resolve_precision(precision, device), ranks, max(1, cores() // ranks.local_world))
+    return replace(context, folder=RunFolder(Path(run_dir), ranks.is_main)) if run_dir is not None else context
 
 
-def new_run_dir(out: Path, name: str) -> Path:
-    """runs/train/<name>, or <name>2, <name>3, ... when it exists (as Ultralytics does)."""
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise CifarError(f"--name {name}: give a plain folder name; use --out to choose where runs go")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        candidate, number = out / name, 1
-        while candidate.exists():
-            number += 1
-            candidate = out / f"{name}{number}"
-        candidate.mkdir()
-    except OSError as error:
-        raise CifarError(f"--out {out}: cannot create a run folder there ({error.strerror})") from None
-    return candidate
+def take_run_folder(context: RunContext, out: Path, name: str) -> RunContext:
+    """The context with a new run folder out/<name> (numbered when taken), made by rank 0 and
+    named to every rank."""
+    path = broadcast_from_main(str(RunFolder.create(out, name).path) if context.ranks.is_main else None, context.ranks)
+    return replace(context, folder=RunFolder(Path(path), context.ranks.is_main))
 
 
 # ---------------------------------------------------------------- process-wide settings
@@ -148,28 +122,20 @@ def new_run_dir(out: Path, name: str) -> Path:
 def process_settings(context: RunContext):
     """Apply what a run changes for the whole process, and undo it afterwards so that a library
     caller (or the test process) gets its process back: torch's thread count, glibc's malloc
-    keeping freed memory (CPU only), and SIGTERM raising TrainingInterrupted."""
+    keeping freed memory (CPU only), and SIGTERM raising stops.Stopped."""
     import torch
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(context.threads)
     if context.device_type == "cpu":
         keep_freed_memory(True)
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    if on_main_thread:
-        sigterm_before = signal.signal(signal.SIGTERM, raise_training_interrupted)
     try:
-        yield
+        with stops.stop_on_sigterm():
+            yield
     finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, sigterm_before)
         if context.device_type == "cpu":
             keep_freed_memory(False)
         torch.set_num_threads(threads_before)
-
-
-def raise_training_interrupted(signal_number, frame):
-    raise TrainingInterrupted(signal_number)
 
 
 def keep_freed_memory(keep: bool) -> None:
@@ -195,61 +161,3 @@ def keep_freed_memory(keep: bool) -> None:
         libc.mallopt(m_mmap_max, 65536)
         libc.mallopt(m_trim_threshold, 128 * 1024)
         libc.mallopt(m_arena_max, 0)
-
-
-# ---------------------------------------------------------------- resuming from the run folder
-
-
-@dataclass(frozen=True)
-class ResumableRun:
-    run_dir: Path
-    checkpoint: Path  # last.pt
-    model: str
-    recipe: dict
-    data: str  # the resolved data source the run trained on
-    val_fraction: float  # of a ROOT/<class>/* source, held out as its test split
-    precision: str
-
-    def recorded(self) -> dict:
-        """The options of `cifar train` that the run folder fixes, by option name."""
-        data = {"data": self.data, "val_fraction": self.val_fraction}
-        return {"model": self.model, "precision": self.precision, **data, **self.recipe}
-
-
-def load_resumable_run(path: Path) -> ResumableRun:
-    """What a run folder (or its last.pt) says about how to continue it: its config.json. Training
-    checks the checkpoint against it when it loads last.pt."""
-    checkpoint = path / "last.pt" if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise CifarError(f"--resume {path}: no last.pt there; give a run folder or its last.pt")
-    config_file = checkpoint.parent / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-        data, precision = config["data"], config["precision"]
-        return ResumableRun(
-            run_dir=checkpoint.parent,
-            checkpoint=checkpoint,
-            model=config["model"],
-            recipe=config["recipe"],
-            data=data["source"],
-            val_fraction=data.get("val_fraction") or DEFAULT_VAL_FRACTION,
-            precision=EARLIER_PRECISION_NAMES.get(precision, precision),
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise CifarError(
-            f"--resume {path}: {config_file} is missing or unreadable; it records the data and recipe to resume with"
-        ) from None
-
-
-def refuse_contradictions(run: ResumableRun, given: dict) -> None:
-    """Options given with --resume (by name, None when not given) must agree with the run folder;
-    one line names the first that does not."""
-    recorded = run.recorded()
-    for name, value in given.items():
-        if value is None or (name == "precision" and value == "auto"):
-            continue
-        if name == "data":
-            value = str(Path(value).expanduser().resolve())
-        if value != recorded[name]:
-            option = "--" + name.replace("_", "-")
-            raise CifarError(f"{option} {value}: the run being resumed has {recorded[name]}; drop {option}")

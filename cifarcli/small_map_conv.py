@@ -21,7 +21,6 @@ from torch import nn
 SMALL_MAP = 15  # pixels: the largest map on which the weight gradient's matrix product won
 TINY_MAP = 5  # pixels: the largest map on which the forward's and input gradient's won too
 IMAGES_PER_PRODUCT = 64  # images per matrix product of the weight gradient: its im2col stays in the cache
-POOLED_ONLY = True  # in training, a convolution before a 2x2 max-pool computes only what the pool reads
 SAME = (1, 1, 1, 1)  # F.pad's (left, right, top, bottom): padding 1 all round, the output the input's size
 
 
@@ -124,21 +123,25 @@ class SmallMapConv(torch.autograd.Function):
 class Conv3x3(nn.Conv2d):
     """nn.Conv2d(cin, cout, 3, padding=1, bias=False), the same parameters and state dict. With
     pooled=True a 2x2 max-pool must read the output: in bf16 training on a small odd map, the
-    output then lacks the last row and column, which the pool would drop."""
+    output then lacks the last row and column, which the pool would drop. The matrix products
+    run only in a model that use_matrix_products() switched on, and only while it trains."""
 
     def __init__(self, in_channels: int, out_channels: int, pooled: bool = False):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=False)
         self.pooled = pooled  # a 2x2 max-pool reads the output
+        self.by_matrix_products = False  # bf16 training on a CPU: set by use_matrix_products
 
     def forward(self, x):
         size = max(x.shape[-2:])
-        if self.training and torch.is_grad_enabled() and size <= SMALL_MAP and bf16_autocast(x):
-            padding = pooled_padding(*x.shape[-2:]) if self.pooled and POOLED_ONLY else SAME
+        if self.by_matrix_products and self.training and torch.is_grad_enabled() and size <= SMALL_MAP:
+            padding = pooled_padding(*x.shape[-2:]) if self.pooled else SAME
             x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
             return SmallMapConv.apply(x, self.weight.to(torch.bfloat16), padding, size <= TINY_MAP)
         return super().forward(x)
 
 
-def bf16_autocast(x) -> bool:
-    on_cpu = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-    return on_cpu and torch.get_autocast_dtype("cpu") == torch.bfloat16
+def use_matrix_products(model, enabled: bool) -> None:
+    """Switch the matrix-product path of every Conv3x3 in the model: for bf16 training on a CPU."""
+    for module in model.modules():
+        if isinstance(module, Conv3x3):
+            module.by_matrix_products = enabled

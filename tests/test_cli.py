@@ -220,7 +220,7 @@ def test_kill_9_then_resume_with_the_run_folder_alone_gives_the_uninterrupted_hi
         (["--model", "airbench94"], "--model airbench94: the run being resumed has tutorial"),
         (["--data", "{tmp}"], "--data {tmp}: the run being resumed has"),
         (["--precision", "{other}"], "--precision {other}: the run being resumed has {precision}"),
-        (["--val-fraction", "0.2"], "--val-fraction 0.2: the run being resumed has 0.1"),
+        (["--val-fraction", "0.2"], "--val-fraction 0.2: the run being resumed has no held-out split"),
     ],
 )
 def test_resume_refuses_an_option_that_contradicts_the_run_folder(extra, message, trained_run, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+from cifarcli.checkpoint import load_checkpoint
 from cifarcli.classifier import OnnxClassifier, TorchClassifier, load_classifier
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import confusion_matrix, evaluate, write_outputs
@@ -20,7 +21,7 @@ def test_evaluating_a_checkpoint_reproduces_training_to_the_image(trained_run, d
         result = evaluate(load_classifier(trained_run.run_dir / "last.pt"), dataset, "test", tta=level)
         assert result.accuracy == recorded
     best = load_classifier(trained_run.run_dir / "best.pt")
-    assert evaluate(best, dataset).accuracy == best.info.metrics["test_acc"]
+    assert evaluate(best, dataset).accuracy == best.info.metrics.test_acc
 
 
 def test_evaluating_the_onnx_export_matches_pytorch(trained_run, exported, dataset):
@@ -148,7 +149,13 @@ def test_export_is_one_self_describing_file_equal_to_pytorch(trained_run, export
     assert json.loads(metadata["classes"]) == dataset.classes
     assert metadata["input_size"] == "32" and metadata["input_layout"] == "NCHW"
     assert json.loads(metadata["test_accuracy"]) == trained_run.test_acc
-    assert metadata["cifarcli_model"] == "tutorial" and metadata["export_date"]
+    assert metadata["export_date"] and metadata["temperature"] == str(OnnxClassifier(exported).info.temperature)
+    # cifarcli reads the model card, the checkpoint's description in its JSON form, and nothing else.
+    card = json.loads(metadata["cifarcli_model_card"])
+    assert card == {
+        **load_checkpoint(trained_run.run_dir / "last.pt")["info"].to_dict(),
+        "temperature": card["temperature"],
+    }
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value  # dynamic batch axis
 
@@ -209,19 +216,22 @@ def test_int8_export_is_written_described_and_accurate(trained_run, dataset, tmp
     assert report.int8["int8_test_acc"] >= report.int8["fp32_test_acc"] - 0.01  # the default refusal limit
     assert report.int8["calibration_images"] == 240
     # Its metadata carries its own accuracy, which evaluating it reproduces.
-    assert described.metrics["test_acc"] == round(report.int8["int8_test_acc"], 5)
-    assert "test_acc_tta" not in described.metrics and "test_loss" not in described.metrics
-    assert evaluate(OnnxClassifier(quantized), dataset).accuracy == described.metrics["test_acc"]
+    assert described.metrics.test_acc == round(report.int8["int8_test_acc"], 5)
+    assert described.metrics.test_acc_tta is None and described.metrics.test_loss is None
+    assert evaluate(OnnxClassifier(quantized), dataset).accuracy == described.metrics.test_acc
     assert "WARNING" not in capfd.readouterr().err
 
 
-def test_int8_export_that_loses_too_much_is_refused_and_not_written(trained_run, dataset, tmp_path):
-    with pytest.raises(CifarError, match=r"not written, INT8 scores .* --int8-max-loss"):
+def test_int8_export_that_loses_too_much_is_refused_and_the_fp32_file_kept(trained_run, dataset, tmp_path):
+    with pytest.raises(
+        CifarError, match=r"m.int8.onnx: not written \(the fp32 m.onnx was\), INT8 scores .* --int8-max"
+    ):
         # A limit of -0.5 demands INT8 beat fp32 (90% or more here) by 50 points: impossible.
         export_checkpoint(
             trained_run.run_dir / "last.pt", tmp_path / "m.onnx", dataset=dataset, int8=True, int8_max_loss=-0.5
         )
-    assert not (tmp_path / "m.int8.onnx").exists() and not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "m.int8.onnx").exists()
+    assert evaluate(OnnxClassifier(tmp_path / "m.onnx"), dataset).accuracy == trained_run.test_acc
 
 
 def test_onnx_files_that_are_not_ours_are_refused(tmp_path, exported):

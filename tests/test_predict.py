@@ -256,14 +256,18 @@ def test_resume_drops_a_row_cut_short_and_writes_nothing_twice(image_folder, exp
     assert refused.exit_code == 2 and "a .json array cannot grow" in refused.output
 
 
-@pytest.mark.parametrize("precision", [None, "fp32", "int8"])
-def test_predict_says_which_bundled_model_it_uses_and_precision_overrides(precision, image_folder, tmp_path):
-    from cifarcli.hardware import cpu_int8_instructions
+@pytest.mark.parametrize(("flags", "bundled", "chosen"), [
+    ({"avx2", "avx512_vnni"}, None, "int8"), (set(), None, "fp32"), ({"avx2"}, "fp32", "fp32"), (set(), "int8", "int8"),
+])  # fmt: skip
+def test_predict_says_which_bundled_model_it_uses_and_bundled_overrides(
+    flags, bundled, chosen, image_folder, monkeypatch
+):
+    from cifarcli import hardware
     from cifarcli.predict import BUNDLED_MODELS
 
-    chosen = precision or ("int8" if cpu_int8_instructions() else "fp32")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     arguments = ["predict", str(image_folder / "test" / "disc"), "--json"]
-    result = runner.invoke(app, arguments + (["--precision", precision] if precision else []))
+    result = runner.invoke(app, arguments + (["--bundled", bundled] if bundled else []))
     assert result.exit_code == 0, result.output
     first_line = result.stderr.splitlines()[0]
     assert first_line.startswith(f"using the bundled CIFAR-10 model {BUNDLED_MODELS[chosen].name} (")
@@ -292,5 +296,5 @@ def test_bundled_int8_model_stays_within_its_accuracy_budget_of_fp32():
     from cifarcli.predict import BUNDLED_MODELS
 
     fp32, int8 = (OnnxClassifier(BUNDLED_MODELS[name]).info.metrics for name in ("fp32", "int8"))
-    assert int8["fp32_test_acc"] == fp32["test_acc"]  # the same weights, quantized
-    assert fp32["test_acc"] - int8["test_acc"] <= 0.003
+    assert int8.fp32_test_acc == fp32.test_acc  # the same weights, quantized
+    assert fp32.test_acc - int8.test_acc <= 0.003

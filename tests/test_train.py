@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from cifarcli.augment import augment_batch, crop_size, draw_crop_offsets, reflect_pad
 from cifarcli.checkpoint import load_checkpoint
 from cifarcli.errors import CifarError
 from cifarcli.models import REGISTRY, get_model_entry
 from cifarcli.optim import lr_factor, make_optimizers, orthogonalize
 from cifarcli.run import prepare_run
-from cifarcli.train import HISTORY_FIELDS, augment_batch, crop_size, draw_crop_offsets, reflect_pad, train
+from cifarcli.run_folder import HISTORY_FIELDS, RunFolder, open_resumable
+from cifarcli.train import train
 
 
 def test_tutorial_learns_held_out_shapes(trained_run):
@@ -41,8 +43,8 @@ def test_checkpoint_is_plain_weights_with_json_safe_metadata(trained_run):
     info = load_checkpoint(trained_run.run_dir / "last.pt")["info"]
     assert info.model == "tutorial" and info.classes == ["disc", "horizontal", "vertical"]
     assert info.input_size == 32 and len(info.mean) == 3 and info.epoch == 12
-    assert info.metrics["test_acc"] == trained_run.test_acc
-    assert info.metrics["test_acc_tta"] == trained_run.test_acc_tta
+    assert info.metrics.test_acc == trained_run.test_acc
+    assert info.metrics.test_acc_tta == trained_run.test_acc_tta
 
 
 @pytest.mark.filterwarnings("error")  # torch warns of a read-only array it is handed
@@ -99,11 +101,12 @@ def test_small_map_convolution_computes_what_conv2d_computes(size, pooled):
     # batch spans three of the weight gradient's products, the last one short. Before a 2x2
     # max-pool (pooled), a small odd map's convolution computes only the rows and columns the
     # pool reads, and what the pool returns must not change.
-    from cifarcli.small_map_conv import IMAGES_PER_PRODUCT, SMALL_MAP, TINY_MAP, Conv3x3
+    from cifarcli.small_map_conv import IMAGES_PER_PRODUCT, SMALL_MAP, TINY_MAP, Conv3x3, use_matrix_products
 
     generator = torch.Generator().manual_seed(size)
     ours, reference = Conv3x3(16, 8, pooled), torch.nn.Conv2d(16, 8, 3, padding=1, bias=False)
     reference.load_state_dict(ours.state_dict())
+    use_matrix_products(ours, True)
     pool = torch.nn.MaxPool2d(2) if pooled else torch.nn.Identity()
     batch = 2 * IMAGES_PER_PRODUCT + 2
     inputs = torch.randn(batch, 16, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
@@ -174,7 +177,7 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, 
         train(dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path / "cut"), events=StopAfterEpoch2())
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["info"].epoch == 2
     resumed = train(
-        dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path / "cut"), resume_from=tmp_path / "cut" / "last.pt"
+        dataset, name, recipe, prepare_run("cpu", run_dir=tmp_path / "cut"), resume=open_resumable(tmp_path / "cut")
     )
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     whole_state = load_checkpoint(whole.run_dir / "last.pt")["model"]
@@ -183,29 +186,24 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(name, dataset, 
         torch.testing.assert_close(resumed_state[key], tensor, rtol=0, atol=0, msg=key)
 
 
-def test_resuming_a_history_of_an_earlier_version_fails_in_one_line(dataset, tmp_path):
+def test_resuming_a_history_that_lacks_epochs_fails_in_one_line(dataset, tmp_path):
     recipe = get_model_entry("tutorial").recipe.override(epochs=1, batch_size=64)
     run = train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "run"))
     history = run.run_dir / "history.csv"
-    rows = list(csv.DictReader(history.open()))
-    earlier = [key for key in HISTORY_FIELDS if key not in ("test_images", "scored_in")]  # before the estimates
-    with history.open("w", newline="") as file:
-        writer = csv.DictWriter(file, earlier, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    with pytest.raises(CifarError, match=r"history.csv, written by an earlier cifarcli, lacks test_images, scored_in"):
-        train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=run.run_dir), resume_from=run.run_dir / "last.pt")
+    history.write_text(history.read_text().splitlines()[0] + "\n")  # the header alone
+    with pytest.raises(CifarError, match=r"history.csv lacks epochs that last.pt has; start a new run"):
+        open_resumable(run.run_dir)
 
 
-def test_resuming_training_state_of_an_earlier_version_fails_in_one_line(dataset, tmp_path):
+def test_resuming_a_training_state_that_does_not_fit_fails_in_one_line(dataset, tmp_path):
     recipe = get_model_entry("tutorial").recipe.override(epochs=1, batch_size=64)
     run = train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "run"))
     last = run.run_dir / "last.pt"
     payload = torch.load(last, weights_only=True)
-    payload["training"]["optimizer"] = payload["training"].pop("optimizers")[0]  # the earlier layout
+    payload["training"]["optimizer"] = payload["training"].pop("optimizers")[0]
     torch.save(payload, last)
-    with pytest.raises(CifarError, match=r"earlier cifarcli.*start a new run"):
-        train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "run"), resume_from=last)
+    with pytest.raises(CifarError, match=r"the training state in last.pt does not fit this run; start a new run"):
+        train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=tmp_path / "run"), resume=open_resumable(last))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -226,7 +224,7 @@ def test_final_figures_are_reproduced_by_the_checkpoint_and_its_onnx_export(prec
         assert evaluate(classifier, dataset).accuracy == result.test_acc, path
         assert evaluate(classifier, dataset, tta=result.tta).accuracy == result.test_acc_tta, path
     best = load_checkpoint(tmp_path / "best.pt")["info"]
-    assert evaluate(load_classifier(tmp_path / "best.pt"), dataset).accuracy == best.metrics["test_acc"]
+    assert evaluate(load_classifier(tmp_path / "best.pt"), dataset).accuracy == best.metrics.test_acc
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -257,15 +255,15 @@ def test_epochs_before_the_last_are_estimated_on_a_sample_and_say_so(precision, 
         train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path / "cut"), StopAfterEpoch1())
     best = tmp_path / "cut" / "best.pt"
     metrics = load_checkpoint(best)["info"].metrics
-    assert "test_acc" not in metrics and metrics["estimated_on"] == f"40 test images in {precision}"
+    assert metrics.test_acc is None and metrics.estimated_on == f"40 test images in {precision}"
     # The estimate is that sample's figure in the training precision, to the image.
-    sample = replace(dataset, test=training.epoch_test_sample(dataset.test, 40))
+    sample = replace(dataset, test=dataset.test.sample(40))
     saved = load_classifier(best)
     in_training_precision = TorchClassifier(saved.model, saved.info, autocast_dtype=autocast_dtype_of(precision))
-    assert metrics["estimated_test_acc"] == evaluate(in_training_precision, sample).accuracy
-    training.score_best_exactly(best, dataset, "cpu")
-    metrics = load_checkpoint(best)["info"].metrics
-    assert metrics["test_acc"] == evaluate(load_classifier(best), dataset).accuracy and metrics["epoch"] == 1
+    assert metrics.estimated_test_acc == evaluate(in_training_precision, sample).accuracy
+    training.score_best_exactly(RunFolder(tmp_path / "cut"), saved.model, saved.info, 1, dataset, "cpu")
+    info = load_checkpoint(best)["info"]
+    assert info.metrics.test_acc == evaluate(load_classifier(best), dataset).accuracy and info.epoch == 1
 
 
 def test_bf16_training_steps_differ_from_fp32(dataset, tmp_path):
@@ -307,7 +305,7 @@ def test_a_global_batch_that_the_processes_cannot_share_is_refused(dataset, tmp_
     from cifarcli.distributed import Ranks
     from cifarcli.run import RunContext
 
-    context = RunContext("cpu", "fp32", Ranks(rank=0, world=3, local_world=3), tmp_path, 1)
+    context = RunContext("cpu", "fp32", Ranks(rank=0, world=3, local_world=3), 1, RunFolder(tmp_path))
     recipe = get_model_entry("tutorial").recipe.override(batch_size=64)
     with pytest.raises(CifarError, match=r"--batch-size 64: .* 3 processes .* multiple of 3"):
         train(dataset, "tutorial", recipe, context)
