@@ -175,30 +175,44 @@ def step_cost_table() -> list[str]:
     return table(["model", "machine", "batch", "ms per step by crop size (÷ whole images)"], rows)
 
 
-def inference_table() -> list[str]:
+def pair(row: dict, key: str, shown) -> str:
+    """An fp32 figure and its INT8 counterpart, "fp32 / int8"."""
+    return f"{shown(row.get(f'fp32_{key}'))} / {shown(row.get(f'int8_{key}'))}"
+
+
+def export_table() -> list[str]:
+    """Per machine kind, its newest export of a checkpoint to fp32 and INT8."""
     exports = [row for row in load("export") if row.get("kind") == "export"]
+    header = ["machine", "checkpoint", "date", "MB fp32 / INT8", "test acc fp32 / INT8", "with TTA fp32 / INT8",
+              "ONNX Runtime images/s fp32 / INT8"]  # fmt: skip
+    rows = []
+    for (kind,), group in sorted(by(exports, "kind").items()):
+        row = latest(group)
+        rows.append([
+            kind, f"`{row['checkpoint']}`", row["date"], pair(row, "mb", lambda value: number(value, 2)),
+            pair(row, "test_acc", percent), pair(row, "test_acc_tta", percent),
+            pair(row, "ort_images_per_s", number) + f" ({row['int8_speedup']:.2f}x)",
+        ])  # fmt: skip
+    return table(header, rows)
+
+
+def predict_table() -> list[str]:
+    """Per machine kind and model file, the newest whole-command figures."""
     speeds = [row for row in load("predict") if row.get("kind") == "speed"]
     versus = load("versus_ultralytics")
-    kinds = sorted({machine_kind(row["machine"]) for row in exports + speeds + versus})
-    header = ["machine", "file", "MB", "test acc", "with TTA", "ONNX Runtime images/s", "cifar predict images/s",
-              "peak RSS MB", "× Ultralytics"]  # fmt: skip
+    header = ["machine", "file", "date", "images/s, 10,000 JPEGs", "100,000 files", "peak RSS MB 10k / 100k",
+              "ratio to Ultralytics: CIFAR / photos (date)"]  # fmt: skip
     rows = []
-    for kind in kinds:
-        export = latest([row for row in exports if machine_kind(row["machine"]) == kind])
-        for precision, file in (("fp32", "default.onnx"), ("int8", "default.int8.onnx")):
-            speed = latest([row for row in speeds if machine_kind(row["machine"]) == kind and row["model"] == file])
-            ours = [row for row in versus if machine_kind(row["machine"]) == kind and row["model"] == file]
-            cifar = latest([row for row in ours if "CIFAR" in row["corpus"]])
-            photos = latest([row for row in ours if "photos" in row["corpus"]])
-            if not (export or speed or cifar):
-                continue
-            field = (lambda key: export.get(f"{precision}_{key}")) if export else (lambda key: None)
-            rss = f"{speed['peak_rss_mb_10k']} / {speed['peak_rss_mb_100k']}" if speed else "—"
-            ratio = " / ".join(f"{row['ratio']:.1f}x" if row else "—" for row in (cifar, photos))
-            rows.append([
-                kind, f"`{file}`", number(field("mb"), 2), percent(field("test_acc")), percent(field("test_acc_tta")),
-                number(field("ort_images_per_s")), number(speed and speed["images_per_s_10k"]), rss, ratio,
-            ])  # fmt: skip
+    for (kind, file), group in sorted(by(speeds, "kind", "model").items()):
+        row = latest(group)
+        ours = [other for other in versus if machine_kind(other["machine"]) == kind and other["model"] == file]
+        cifar = latest([other for other in ours if "CIFAR" in other["corpus"]])
+        photos = latest([other for other in ours if "photos" in other["corpus"]])
+        ratio = " / ".join(f"{other['ratio']:.1f}x" if other else "—" for other in (cifar, photos))
+        rows.append([
+            kind, f"`{file}`", row["date"], number(row["images_per_s_10k"]), number(row.get("images_per_s_100k")),
+            f"{row['peak_rss_mb_10k']} / {row['peak_rss_mb_100k']}", ratio + (f" ({cifar['date']})" if cifar else ""),
+        ])  # fmt: skip
     return table(header, rows)
 
 
@@ -216,11 +230,8 @@ def portability_table() -> list[str]:
     versions = {row["runtime"]: row.get("runtime_version") for row in rows}
     header = ["file"] + [f"{runtime} ({versions[runtime]})" for runtime in runtimes]
     body = [[f"`{file}`"] + [cells[file].get(runtime, "—") for runtime in runtimes] for file in cells]
-    return table(header, body) + [
-        "",
-        f"{machine_kind(rows[0]['machine'])}, {newest}; agreement: top-1 against "
-        f"the installed ONNX Runtime on {rows[0].get('images_compared', 1000):,} test images.",
-    ]
+    note = f"{machine_kind(rows[0]['machine'])}, {newest}; agreement: top-1 against the installed ONNX Runtime"
+    return [*table(header, body), "", f"{note} on {rows[0].get('images_compared', 1000):,} test images."]
 
 
 def startup_table() -> list[str]:
@@ -290,14 +301,20 @@ def benchmarks_page() -> str:
         "",
         *step_cost_table(),
         "",
-        "## Inference",
+        "## Export",
         "",
-        "The bundled models (`cifarcli/assets/`). ONNX Runtime images/s: the model alone at batch 256 on every "
-        "core. cifar predict images/s: the whole command on the 10,000 CIFAR test JPEGs, start included; peak "
-        "RSS on 10,000 / 100,000 files. × Ultralytics: whole commands against `yolo classify predict` on the "
-        "CIFAR JPEGs / on photo-sized JPEGs, back to back.",
+        "`cifar export --int8` of a checkpoint (`tools/default_model/model.pt` is the bundled models' source): "
+        "sizes, test accuracy plain and with TTA, and ONNX Runtime alone at batch 256 on every core.",
         "",
-        *inference_table(),
+        *export_table(),
+        "",
+        "## Predict",
+        "",
+        "Whole `cifar predict` commands, start included, with the bundled model `cifar predict` picks (or the one "
+        "named): the 10,000 CIFAR test JPEGs, the same linked ten times, peak RSS; against Ultralytics' "
+        "`yolo classify predict` on the CIFAR JPEGs and on photo-sized JPEGs, back to back.",
+        "",
+        *predict_table(),
         "",
         "## Where the files load",
         "",
@@ -317,26 +334,25 @@ def benchmarks_page() -> str:
 
 
 def readme_performance() -> str:
-    """A few headline figures for README.md, from the same rows."""
+    """A few headline figures for README.md, each from the machine kind measured most recently."""
     lines = []
-    for (model, kind, precision), runs in training_groups().items():
-        if model not in ("airbench-cpu", "tutorial") or precision == "fp32" and "AVX2" not in kind:
-            continue
+    groups = training_groups()
+    for model in ("airbench-cpu", "tutorial"):
+        runs = max((runs for key, runs in groups.items() if key[0] == model), key=lambda runs: latest(runs)["date"])
+        kind, precision = machine_kind(runs[0]["machine"]), runs[0]["precision"]
         ratios = [run["ratio"] for run in runs if run.get("ratio") is not None]
-        ratio = f", {statistics.mean(ratios):.2f}x airbench94's training time" if ratios else ""
+        ratio = f"; {statistics.mean(ratios):.2f}x airbench94's training time" if ratios else ""
         train = mean_sd([run.get("train_s") for run in runs], as_percent=False)
-        lines.append([f"`cifar train --model {model}`", kind, f"{mean_sd([run.get('test_acc_tta') for run in runs])}"
-                      f" with TTA ({len(runs)} runs), {train} s of training{ratio}"])  # fmt: skip
-    speeds = by([row for row in load("predict") if row.get("kind") == "speed"], "kind")
-    for (kind,), group in speeds.items():
-        row = latest(group)
-        lines.append(["`cifar predict`, 10,000 CIFAR JPEGs", kind,
-                      f"{row['images_per_s_10k']:,} images/s with `{row['model']}`, peak RSS {row['peak_rss_mb_10k']} MB"])  # fmt: skip
-    for (kind,), group in by(load("install"), "kind").items():
-        row = latest(group)
-        lines.append(["inference-only install", kind, f"{row['megabytes']} MB, no torch"])
-    return "\n".join(table(["what", "machine", "figure"], lines)) + "\n\nEvery figure, and how to reproduce it: " \
-        "[BENCHMARKS.md](BENCHMARKS.md).\n"  # fmt: skip
+        accuracy = mean_sd([run.get("test_acc_tta") for run in runs])
+        figure = f"{accuracy} with TTA ({len(runs)} runs); {train} s of training in {precision}{ratio}"
+        lines.append([f"`cifar train --model {model}`", kind, figure])
+    speed = latest([row for row in load("predict") if row.get("kind") == "speed"])
+    figure = f"{speed['images_per_s_10k']:,} images/s with `{speed['model']}`, peak RSS {speed['peak_rss_mb_10k']} MB"
+    lines.append(["`cifar predict`, 10,000 CIFAR JPEGs", machine_kind(speed["machine"]), figure])
+    install = latest([row for row in load("install") if row.get("kind") == "inference_install"])
+    lines.append(["inference-only install", machine_kind(install["machine"]), f"{install['megabytes']} MB, no torch"])
+    note = "\n\nEvery figure, the machines, and how to reproduce them: [BENCHMARKS.md](BENCHMARKS.md).\n"
+    return "\n".join(table(["what", "machine", "figure"], lines)) + note
 
 
 def with_readme_performance(readme: str) -> str:

@@ -18,10 +18,10 @@ def reflect_pad(images: np.ndarray, pad: int) -> np.ndarray:
 
 
 def crop_size(epoch: int, full_size: int, recipe: Recipe) -> int:
-    """Progressive resizing by cropping: the recipe's crop stages, ((size, epochs), ...), train
-    the first epochs on random crops at the full images' scale, whose steps cost less than whole
-    images' (benchmarks/training.py prices them); then whole images. A crop no smaller than the
-    images trains at their full size."""
+    """The size an epoch trains at. Progressive resizing: the recipe's stages, ((size, epochs),
+    ...), train the first epochs at smaller sizes, whose steps cost less (benchmarks/training.py
+    prices them); then the images' own size. A stage no smaller than the images trains at their
+    size."""
     stage_end = 0.0
     for size, epochs in recipe.crops:
         stage_end += epochs
@@ -68,6 +68,13 @@ def augment_batch(padded, indices, size, flip_mask, offsets):
         channels = torch.arange(padded.shape[1], device=device).view(1, -1, 1, 1)
         batch = batch[torch.arange(n, device=device).view(n, 1, 1, 1), channels, rows, cols]
     return torch.where(flip_mask.view(-1, 1, 1, 1), batch.flip(3), batch)
+
+
+def scaled(inputs, size: int):
+    """Float (B, 3, H, W) images scaled to size x size (recipe.progressive "resize"), antialiased."""
+    if inputs.shape[-1] == size:
+        return inputs
+    return torch.nn.functional.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True)
 
 
 def epoch_draws(padded, flip_base, recipe: Recipe, epoch: int, size: int, steps: int, batch_size: int, generator):

@@ -1,8 +1,7 @@
 """The `cifar` command: parse options, call one library function, render the result.
 
-Library code raises CifarError; `user_errors()` turns it into one line on stderr and its
-exit code. Set CIFARCLI_DEBUG=1 to see tracebacks instead.
-"""
+Library code raises CifarError; `user_errors()` turns it into one line on stderr and its exit
+code (CIFARCLI_DEBUG=1 shows tracebacks instead)."""
 
 import contextlib
 import gc
@@ -178,7 +177,7 @@ def train_command(
 
     if nproc > 1:
         with user_errors():
-            raise typer.Exit(launch_local(nproc, arguments_without_nproc()))
+            raise typer.Exit(launch_local(nproc, sys.argv[1:]))
     display = report.TrainDisplay()
     with user_errors():
         options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
@@ -210,33 +209,9 @@ def train_command(
     if not context.ranks.is_main:
         return
     if as_json:
-        print_json(
-            {
-                "run_dir": str(result.run_dir),
-                "model": result.model,
-                "test_acc": result.test_acc,
-                "test_acc_tta": result.test_acc_tta,
-                "tta": result.tta,
-                "precision": result.precision,
-                "train_seconds": round(result.train_seconds, 1),
-                "history": result.history,
-            }
-        )
+        print_json(result.to_dict())
     else:
         report.show_training_result(result)
-
-
-def arguments_without_nproc() -> list[str]:
-    """This command's own arguments minus --nproc, for the processes torchrun starts."""
-    arguments, skip = [], False
-    for argument in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif argument == "--nproc":
-            skip = True
-        elif not argument.startswith("--nproc="):
-            arguments.append(argument)
-    return arguments
 
 
 # ---------------------------------------------------------------- cifar evaluate

@@ -148,8 +148,14 @@ def shutdown(ranks: Ranks, finished: bool) -> None:
 
 
 def launch_local(nproc: int, arguments: list[str]) -> int:
-    """`cifar train --nproc N ...`: rerun the same command under torchrun on this machine."""
+    """`cifar train --nproc N ...`: rerun the same command (its arguments, --nproc dropped) under
+    torchrun on this machine."""
     if os.environ.get("WORLD_SIZE"):
         raise CifarError("--nproc: already running under torchrun; drop --nproc")
+    kept, skip = [], False
+    for argument in arguments:
+        if not skip and argument != "--nproc" and not argument.startswith("--nproc="):
+            kept.append(argument)
+        skip = argument == "--nproc"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*command, "-m", "cifarcli", *arguments])
+    return subprocess.call([*command, "-m", "cifarcli", *kept])

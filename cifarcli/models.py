@@ -32,13 +32,18 @@ class Recipe:
     lookahead: bool = False  # airbench's lookahead towards an EMA of the weights
     tta: int = 2  # test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations
     whiten_bias_epochs: float = 0.0  # the whitening layer's bias trains this long, then freezes
-    # Progressive resizing by cropping: ((size, epochs), ...) trains the first epochs on random
-    # crops of these sizes, in order, then the rest on whole images; () trains on whole images.
+    # Progressive resizing: ((size, epochs), ...) trains the first epochs at these sizes, in order,
+    # then the rest at the images' size; () trains at the images' size throughout.
     crops: tuple = ()
+    progressive: str = "crop"  # how: "crop" (random crops at the images' scale) or "resize" (whole images, smaller)
     optimizer: str = "sgd"  # "sgd", or "muon": Muon for the convolution filters, SGD for the rest
     muon_lr: float = 0.0  # Muon's step, relative to the filters' norm
     muon_momentum: float = 0.0  # Muon's Nesterov momentum
     seed: int = 0
+
+    def __post_init__(self):
+        if self.progressive not in ("crop", "resize"):
+            raise CifarError(f"--set progressive={self.progressive}: choose crop or resize")
 
     def override(self, **values) -> "Recipe":
         known = {f.name for f in fields(self)}
@@ -139,6 +144,24 @@ def normalize_layer(mean, std):
             return (x - self.mean) / self.std
 
     return Normalize()
+
+
+def channel_mean_std(images) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, H, W, C) images in [0, 1] units, to 4 places, exact,
+    from 256-bin histograms counted by torch on the uint8 values: every run waits for this at its
+    start, and float64 statistics or numpy's bincount (which copies to int64 first) take seconds."""
+    import numpy as np
+    import torch
+
+    values = np.arange(256, dtype=np.float64)
+    mean, std = [], []
+    for channel in range(images.shape[-1]):
+        plane = np.ascontiguousarray(images[..., channel]).ravel()  # a writable copy, whatever the input
+        counts = torch.bincount(torch.from_numpy(plane), minlength=256).numpy()
+        channel_mean = (counts * values).sum() / counts.sum()
+        mean.append(channel_mean)
+        std.append(np.sqrt((counts * (values - channel_mean) ** 2).sum() / counts.sum()))
+    return (np.array(mean) / 255).round(4).tolist(), (np.array(std) / 255).round(4).tolist()
 
 
 # ---------------------------------------------------------------- the Keras tutorial's CNN

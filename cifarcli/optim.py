@@ -98,6 +98,10 @@ class Lookahead:
         self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
         self.average = [t.detach().clone() for t in self.tensors]
 
+    def load(self, average: list) -> None:
+        for mine, saved in zip(self.average, average, strict=True):
+            mine.copy_(saved)
+
     def update(self, decay: float) -> None:
         for average, tensor in zip(self.average, self.tensors, strict=True):
             average.lerp_(tensor, 1 - decay)

@@ -46,6 +46,15 @@ class RunContext:
         """bf16 training on a CPU takes small maps' convolutions as matrix products (small_map_conv.py)."""
         return self.device_type == "cpu" and self.precision == "bf16"
 
+    def to_config(self) -> dict:
+        """What config.json records of the context."""
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "processes": self.ranks.world,
+            "threads": self.threads,
+        }
+
     def describe(self) -> str:
         processes = f", {self.ranks.world} processes" if self.ranks.active else ""
         return f"{self.device} ({self.precision}, {self.threads} threads{processes})"

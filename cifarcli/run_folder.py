@@ -65,7 +65,9 @@ class RunFolder:
         self._write(HISTORY, ("\n".join(lines) + "\n").encode())
 
     def write_held_out(self, names: list[str]) -> None:
-        self._write(HELD_OUT, "".join(f"{name}\n" for name in names).encode())
+        """The test files held out of a ROOT/<class>/* source, one a line; nothing when none."""
+        if names:
+            self._write(HELD_OUT, "".join(f"{name}\n" for name in names).encode())
 
     def save_checkpoint(self, name: str, model, info, training_state: "dict | None" = None) -> None:
         if self.writes:

@@ -3,42 +3,31 @@
     train(dataset, model_name, recipe, context) -> TrainResult
 
 `setup()` builds the model, its optimizers and the training images on the device for a
-RunContext (run.py: device, precision, processes, threads, run folder); `run_epoch()` takes the
-steps of one epoch; `record_epoch()` scores it and saves it; `finish()` gives the result.
-Everything a run needs is in its Recipe (models.py); progress goes to an `events` object
-(report.py draws it), so this module knows nothing of the terminal.
-
-Scoring is split by purpose. Each epoch's test figure is an estimate to watch: a fixed sample of
-EPOCH_TEST_IMAGES test images in the training precision. The result (the last epoch's plain and
-TTA figures, and best.pt's) is exact: the whole test split in fp32, whatever the training
-precision, so that `cifar evaluate` of a checkpoint and of its ONNX export reproduce it to the
-digit. Each history row says which it is.
+RunContext (run.py: device, precision, processes, threads, run folder); `run_epoch()` takes an
+epoch's steps; `record_epoch()` scores it (scoring.py: an estimate, the last epoch exact) and
+saves it; `finish()` gives the result. A run's settings are its Recipe (models.py); progress goes
+to an `events` object (report.py draws it), so this module knows nothing of the terminal.
 """
 
-import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cifarcli import __version__
-from cifarcli.augment import augment_batch, crop_size, epoch_draws, reflect_pad
-from cifarcli.checkpoint import ModelInfo, load_checkpoint, materialize
-from cifarcli.classifier import EVAL_BATCH, TorchClassifier, predict_in_batches, predict_plain_and_tta_in_batches
+from cifarcli import __version__, scoring
+from cifarcli.augment import augment_batch, crop_size, epoch_draws, reflect_pad, scaled
+from cifarcli.checkpoint import ModelInfo, materialize
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import accuracy, cross_entropy
-from cifarcli.models import Recipe, get_model_entry, whitening_layer
+from cifarcli.models import Recipe, channel_mean_std, get_model_entry, whitening_layer
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 from cifarcli.run import RunContext, process_settings
 from cifarcli.run_folder import BEST, LAST, ResumableRun, check_same_run
 from cifarcli.small_map_conv import use_matrix_products
 
-EPOCH_TEST_IMAGES = 2000  # the estimate's sample: a few per cent of an epoch's time
 GPU_STEPS_PER_REPORT = 10  # steps between progress reports on a GPU, where each report waits for the device
 
 
@@ -53,6 +42,10 @@ class TrainResult:
     train_seconds: float
     precision: str  # of the training steps
     written: list[str]  # the run folder's files
+
+    def to_dict(self) -> dict:
+        """What `cifar train --json` prints."""
+        return {**asdict(self), "run_dir": str(self.run_dir), "train_seconds": round(self.train_seconds, 1)}
 
 
 @dataclass(frozen=True)
@@ -146,9 +139,15 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
     model = model.to(context.device, memory_format=torch.channels_last)
     use_matrix_products(model, context.matrix_product_convolutions)
     info = ModelInfo(
-        model_name, dataset.classes, size, mean, std, recipe.to_dict(), precision=context.precision,
+        model_name,
+        dataset.classes,
+        size,
+        mean,
+        std,
+        recipe.to_dict(),
+        precision=context.precision,
         val_fraction=dataset.val_fraction,
-    )  # fmt: skip
+    )
 
     # 2. Steps and schedule. A fractional epoch count trains part of the last epoch.
     batch_size = min(recipe.batch_size, len(train_split))
@@ -160,8 +159,8 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
     steps_per_epoch = len(train_split) // batch_size
     total_steps = math.ceil(recipe.epochs * steps_per_epoch)
     whiten_bias_steps = round(recipe.whiten_bias_epochs * steps_per_epoch) if entry.prepare else -1
-    schedule = Schedule(batch_size, steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch),
-                        whiten_bias_steps)  # fmt: skip
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    schedule = Schedule(batch_size, steps_per_epoch, total_steps, epochs, whiten_bias_steps)
 
     # 3. Optimizers, and the training images on the device.
     learner = Learner(
@@ -178,13 +177,12 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         flip_base=torch.rand(len(train_split), generator=generator) < 0.5,
         generator=generator,
     )
-    training = Training(context, dataset, recipe, info, schedule, learner, images,
-                        dataset.test.sample(EPOCH_TEST_IMAGES), Progress())  # fmt: skip
+    epoch_test = dataset.test.sample(scoring.EPOCH_TEST_IMAGES)
+    training = Training(context, dataset, recipe, info, schedule, learner, images, epoch_test, Progress())
     if resume is not None:
         restore(training, resume)
     context.folder.write_config(run_config(training))
-    if dataset.held_out:
-        context.folder.write_held_out(dataset.held_out)
+    context.folder.write_held_out(dataset.held_out)
     return training
 
 
@@ -194,8 +192,9 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
     learner, images, schedule, ranks = t.learner, t.images, t.schedule, context.ranks
     learner.model.train()
     size = crop_size(epoch, t.info.input_size, recipe)
-    order, flips, offsets = epoch_draws(images.padded, images.flip_base, recipe, epoch, size, steps,
-                                        schedule.batch_size, images.generator)  # fmt: skip
+    crop = size if recipe.progressive == "crop" else t.info.input_size  # "resize" scales whole images down
+    draws = (images.padded, images.flip_base, recipe, epoch, crop, steps, schedule.batch_size, images.generator)
+    order, flips, offsets = epoch_draws(*draws)
     # Reading the running sums makes the host wait for the device: on a GPU, every few steps.
     report_every = 1 if context.device_type == "cpu" else GPU_STEPS_PER_REPORT
     started, seen = time.perf_counter(), 0
@@ -209,9 +208,9 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
             group["lr"] = group["base_lr"] * lr_factor(global_step, schedule.total_steps, recipe)
         indices = order[step * schedule.batch_size : (step + 1) * schedule.batch_size]
         # Every rank augments the whole global batch alike, then keeps its shard.
-        inputs = augment_batch(images.padded, indices, size, flips[indices], offsets[step])
+        inputs = augment_batch(images.padded, indices, crop, flips[indices], offsets[step])
         inputs, indices = inputs[ranks.rank :: ranks.world], indices[ranks.rank :: ranks.world]
-        inputs = inputs.float().div_(255).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W) in [0, 1]
+        inputs = scaled(inputs.float().div_(255), size).contiguous(memory_format=torch.channels_last)  # in [0, 1]
         targets = images.labels[indices]  # (B,)
         dtype = context.autocast_dtype
         with torch.autocast(context.device_type, dtype=dtype, enabled=dtype is not None):
@@ -238,103 +237,52 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
 def step_optimizers(learner: Learner, loss) -> None:
     """Backward and one step of every optimizer; with fp16, through a gradient scaler so that
     small gradients do not underflow to zero."""
-    if learner.scaler is None:
-        loss.backward()
-        for optimizer in learner.optimizers:
-            optimizer.step()
-        return
-    learner.scaler.scale(loss).backward()
+    scaler = learner.scaler
+    (scaler.scale(loss) if scaler else loss).backward()
     for optimizer in learner.optimizers:
-        learner.scaler.step(optimizer)
-    learner.scaler.update()
+        scaler.step(optimizer) if scaler else optimizer.step()
+    if scaler:
+        scaler.update()
 
 
 def record_epoch(training: Training, epoch: int, loss_sum: float, correct: int, seen: int, seconds: float) -> dict:
     """Score the epoch's weights (an estimate; after the last epoch, the exact figures), append
     the history row, save last.pt and, on a better test figure, best.pt."""
-    t, folder, progress = training, training.context.folder, training.progress
+    t, context, progress, test = training, training.context, training.progress, training.dataset.test
+    model, final = t.learner.model, epoch == t.schedule.epochs - 1
     progress.train_seconds += seconds
-    row = {
-        "epoch": epoch + 1,
-        "train_loss": round(loss_sum / seen, 5),
-        "train_acc": round(correct / seen, 5),
-        **score_epoch(t, final=epoch == t.schedule.epochs - 1),
-        "lr": round(t.learner.param_groups[0]["lr"], 6),
-        "seconds": round(seconds, 2),
-        "images_per_s": round(seen / seconds, 1),
-    }
+    if final:
+        test_columns, progress.final_tta_acc = scoring.exact(model, t.info, test, context.device, t.recipe.tta)
+    else:
+        test_columns = scoring.estimate(model, t.info, t.epoch_test, context)
+    train_columns = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 5), "train_acc": round(correct / seen, 5)}
+    timing = {"lr": round(t.learner.param_groups[0]["lr"], 6), "seconds": round(seconds, 2)}
+    row = {**train_columns, **test_columns, **timing, "images_per_s": round(seen / seconds, 1)}
     progress.history.append(row)
-    folder.write_history(progress.history)
-    described = t.info.measured(epoch + 1, **epoch_metrics(t, row))
-    folder.save_checkpoint(LAST, t.learner.model, described, training_state(t))
+    context.folder.write_history(progress.history)
+    metrics = scoring.checkpoint_metrics(row, len(test))
+    if final:
+        metrics |= {"test_acc_tta": round(progress.final_tta_acc, 5), "tta": t.recipe.tta}
+        metrics["train_seconds"] = round(progress.train_seconds, 1)
+    described = t.info.measured(epoch + 1, **metrics)
+    context.folder.save_checkpoint(LAST, model, described, training_state(t))
     if row["test_acc"] > progress.best_acc:
         progress.best_acc, progress.best_epoch = row["test_acc"], epoch + 1
-        folder.save_checkpoint(BEST, t.learner.model, described)
+        context.folder.save_checkpoint(BEST, model, described)
     return row
-
-
-def score_epoch(training: Training, final: bool) -> dict:
-    """The test figures of a history row: an estimate after most epochs; after the last, the
-    exact plain figure, with the TTA figure from the same pass (the plain view is TTA's first)."""
-    t, test = training, training.dataset.test
-    if final:
-        scorer = TorchClassifier(t.learner.model, t.info, "training", t.context.device)
-        plain, tta = predict_plain_and_tta_in_batches(scorer, test.images, EVAL_BATCH, t.recipe.tta)
-        t.progress.final_tta_acc = accuracy(tta, test.labels)
-        labels, scored_in = test.labels, "fp32"
-    else:
-        estimator = TorchClassifier(t.learner.model, t.info, "training", t.context.device, t.context.autocast_dtype)
-        plain = predict_in_batches(estimator, t.epoch_test.images, EVAL_BATCH)
-        labels, scored_in = t.epoch_test.labels, t.context.precision
-    return {
-        "test_loss": round(cross_entropy(plain, labels), 5),
-        "test_acc": round(accuracy(plain, labels), 5),
-        "test_images": len(labels),
-        "scored_in": scored_in,
-    }
-
-
-def is_exact(row: dict, test_images: int) -> bool:
-    """Whether a history row's test figure is one `cifar evaluate` reproduces."""
-    return row["test_images"] == test_images and row["scored_in"] == "fp32"
-
-
-def epoch_metrics(training: Training, row: dict) -> dict:
-    """What a checkpoint records of its history row: an estimate under its own names."""
-    if not is_exact(row, len(training.dataset.test)):
-        return {"estimated_test_acc": row["test_acc"], "estimated_on": f"{row['test_images']} test images in "
-                f"{row['scored_in']}"}  # fmt: skip
-    metrics = {"test_acc": row["test_acc"], "test_loss": row["test_loss"]}
-    if row["epoch"] == training.schedule.epochs:
-        progress = training.progress
-        tta = {"test_acc_tta": round(progress.final_tta_acc, 5), "tta": training.recipe.tta}
-        metrics |= {**tta, "train_seconds": round(progress.train_seconds, 1)}
-    return metrics
 
 
 def finish(training: Training) -> TrainResult:
     """The result: the last weights' exact figures, scored with the last epoch. When an earlier
     epoch's estimate made it best.pt, best.pt is scored exactly here and saved with those figures."""
     t, folder, progress = training, training.context.folder, training.progress
-    if folder.writes and not is_exact(progress.history[progress.best_epoch - 1], len(t.dataset.test)):
-        score_best_exactly(folder, t.learner.model, t.info, progress.best_epoch, t.dataset, t.context.device)
+    if folder.writes and not scoring.is_exact(progress.history[progress.best_epoch - 1], len(t.dataset.test)):
+        scoring.rescore_exactly(folder, t.learner.model, t.info, progress.best_epoch, t.dataset.test, t.context.device)
     check_identical_weights(t.learner.model, t.context.ranks)
     folder.plot_curves(progress.history)
-    last = progress.history[-1]
-    return TrainResult(folder.path, t.info.model, progress.history, last["test_acc"],
-                       round(progress.final_tta_acc, 5), t.recipe.tta, progress.train_seconds, t.context.precision,
-                       folder.written())  # fmt: skip
-
-
-def score_best_exactly(folder, model, info: ModelInfo, epoch: int, dataset: Dataset, device: str) -> None:
-    """Load best.pt's weights into a copy of the model, score them on the whole test split in
-    fp32, and save best.pt again with those figures in place of its estimate."""
-    best = copy.deepcopy(model)
-    best.load_state_dict(load_checkpoint(folder.file(BEST))["model"])
-    plain = predict_in_batches(TorchClassifier(best, info, BEST, device), dataset.test.images, EVAL_BATCH)
-    exact = {"test_acc": round(accuracy(plain, dataset.test.labels), 5),
-             "test_loss": round(cross_entropy(plain, dataset.test.labels), 5)}  # fmt: skip
-    folder.save_checkpoint(BEST, best, info.measured(epoch, **exact))
+    figures = (progress.history[-1]["test_acc"], round(progress.final_tta_acc, 5), t.recipe.tta)
+    run = (progress.train_seconds, t.context.precision, folder.written())
+    return TrainResult(folder.path, t.info.model, progress.history, *figures, *run)
 
 
 # ---------------------------------------------------------------- checkpoints and resume
@@ -363,9 +311,8 @@ def restore(training: Training, resume: ResumableRun) -> None:
             optimizer.load_state_dict(optimizer_state)
         t.images.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
-        for average, value in zip(learner.lookahead.average if learner.lookahead else [], saved["lookahead"],
-                                  strict=bool(learner.lookahead)):  # fmt: skip
-            average.copy_(value)
+        if learner.lookahead:
+            learner.lookahead.load(saved["lookahead"])
         if learner.scaler:
             learner.scaler.load_state_dict(saved["scaler"])
     except (KeyError, ValueError, RuntimeError, TypeError):
@@ -383,47 +330,21 @@ def restore(training: Training, resume: ResumableRun) -> None:
 
 def run_config(training: Training) -> dict:
     """The resolved recipe, data and run context: what `--resume RUN_DIR` continues with."""
-    context = training.context
     return {
         "model": training.info.model,
         "recipe": training.recipe.to_dict(),
         "data": describe(training.dataset),
-        "device": context.device,
-        "precision": context.precision,
-        "processes": context.ranks.world,
-        "threads": context.threads,
+        **training.context.to_config(),
         "epoch_test_images": len(training.epoch_test),  # each epoch's estimate, in the training precision
         "result_scored_in": "fp32",  # the last epoch's figures and best.pt's: the whole test split
         "cifarcli": __version__,
     }
 
 
-def channel_mean_std(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 (N, H, W, C) images in [0, 1] units, to 4 places, exact,
-    from 256-bin histograms counted by torch on the uint8 values: every run waits for this at its
-    start, and float64 statistics or numpy's bincount (which copies to int64 first) take seconds."""
-    values = np.arange(256, dtype=np.float64)
-    mean, std = [], []
-    for channel in range(images.shape[-1]):
-        plane = np.ascontiguousarray(images[..., channel]).ravel()  # a writable copy, whatever the input
-        counts = torch.bincount(torch.from_numpy(plane), minlength=256).numpy()
-        channel_mean = (counts * values).sum() / counts.sum()
-        mean.append(channel_mean)
-        std.append(np.sqrt((counts * (values - channel_mean) ** 2).sum() / counts.sum()))
-    return (np.array(mean) / 255).round(4).tolist(), (np.array(std) / 255).round(4).tolist()
-
-
 class SilentEvents:
     """The events interface that report.py implements; this one shows nothing."""
 
-    def start(self, context, model_name, epochs, steps_per_epoch):
-        pass
-
-    def epoch_start(self, epoch, steps):
-        pass
-
-    def step(self, step, loss, acc, images_per_s):
-        pass
-
-    def epoch_end(self, row):
-        pass
+    def start(self, context, model_name, epochs, steps_per_epoch): ...
+    def epoch_start(self, epoch, steps): ...
+    def step(self, step, loss, acc, images_per_s): ...
+    def epoch_end(self, row): ...

@@ -287,3 +287,39 @@ def test_resume_without_the_run_folder_config_says_so_in_one_line(trained_run, t
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run")])
     assert result.exit_code == 2 and "config.json is missing or unreadable" in result.output
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_two_runs_started_at_once_with_one_name_both_finish_in_two_folders(image_folder, cache_dir, tmp_path):
+    command = [sys.executable, "-m", "cifarcli", "train", "-m", "tutorial", "--data", str(image_folder), "--epochs",
+               "1", "--batch-size", "64", "--out", str(tmp_path), "--name", "same", "--json"]  # fmt: skip
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [error[-2000:] for _, error in outputs]
+    folders = {json.loads(stdout)["run_dir"] for stdout, _ in outputs}
+    assert folders == {str(tmp_path / "same"), str(tmp_path / "same2")}
+    assert all((tmp_path / name / "last.pt").exists() for name in ("same", "same2"))
+
+
+def test_each_epochs_test_figure_stays_on_a_terminal_above_the_live_bars(monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from cifarcli import report
+
+    screen = io.StringIO()
+    monkeypatch.setattr(report, "err", Console(file=screen, force_terminal=True, width=160, color_system=None))
+    context = SimpleNamespace(describe=lambda: "cpu (bf16)", folder=SimpleNamespace(path="runs/train/exp"))
+    display = report.TrainDisplay()
+    display.start(context, "tutorial", 2, 3)
+    display.epoch_start(1, 3)
+    display.step(3, 1.0, 0.5, 100.0)
+    row = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 0.9, "test_acc": 0.6123, "test_images": 2000,
+           "scored_in": "bf16", "seconds": 1.0, "images_per_s": 100.0}  # fmt: skip
+    display.epoch_end(row)
+    display.epoch_start(2, 3)
+    shown = screen.getvalue()
+    assert "test_acc 0.6123 (2,000 imgs, bf16)" in shown
+    assert shown.index("test_acc 0.6123") < shown.rindex("epoch 2/2")  # on screen when the next epoch starts
+    display.close()

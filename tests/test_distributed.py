@@ -1,6 +1,10 @@
-"""torchrun: two CPU processes with gloo train the same model as one process with the same
-global batch; all ranks end with identical weights (checked inside training, which fails
-otherwise) and only rank 0 writes the run folder."""
+"""torchrun: two CPU processes with gloo take the steps one process takes on the same global
+batch; all ranks end with identical weights (checked inside training, which fails otherwise) and
+only rank 0 writes the run folder.
+
+Without BatchNorm (tutorial) a step on two shards averages the same gradient as one step on the
+whole batch, up to the order of the sums: the losses agree to a few thousandths. With BatchNorm
+(airbench-cpu) each gloo rank normalises by its own shard, so the steps differ a little more."""
 
 import json
 import os
@@ -24,16 +28,14 @@ def run(command):
     return json.loads(completed.stdout[completed.stdout.index("{") :])
 
 
-@pytest.mark.parametrize("model", ["tutorial", "airbench-cpu"])
-def test_two_gloo_processes_match_one_process(model, image_folder, cache_dir, tmp_path):
+@pytest.mark.parametrize(("model", "loss_tolerance"), [("tutorial", 0.005), ("airbench-cpu", 0.03)])
+def test_two_gloo_processes_match_one_process(model, loss_tolerance, image_folder, cache_dir, tmp_path):
     two = run(train_command(image_folder, tmp_path, "ddp", model, ["--nproc", "2"]))
     one = run(train_command(image_folder, tmp_path, "single", model))
     assert two["run_dir"] == str(tmp_path / "ddp") and not (tmp_path / "ddp2").exists()
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["processes"] == 2 and config["recipe"]["batch_size"] == 32
     assert len(two["history"]) == 3 and (tmp_path / "ddp" / "last.pt").exists()
-    assert abs(two["test_acc"] - one["test_acc"]) <= 0.05
-    # The same global batch means the same number of steps, and so the same images per epoch.
-    assert [row["train_acc"] for row in two["history"]] == pytest.approx(
-        [row["train_acc"] for row in one["history"]], abs=0.08
-    )
+    losses = [[row["train_loss"] for row in run["history"]] for run in (two, one)]
+    assert losses[0] == pytest.approx(losses[1], abs=loss_tolerance)
+    assert abs(two["test_acc"] - one["test_acc"]) <= 0.05  # 90 test images: a few of them

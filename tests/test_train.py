@@ -3,6 +3,7 @@ checkpoints load with weights_only; same seed, same history; resume equals no in
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_checkpoint_is_plain_weights_with_json_safe_metadata(trained_run):
 
 @pytest.mark.filterwarnings("error")  # torch warns of a read-only array it is handed
 def test_channel_statistics_from_histograms_equal_numpys():
-    from cifarcli.train import channel_mean_std
+    from cifarcli.models import channel_mean_std
 
     images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     images[..., 2] //= 3  # a channel with another spread
@@ -64,6 +65,20 @@ def test_lr_schedule_is_piecewise_linear():
     assert lr_factor(0, 100, recipe) == pytest.approx(0.2)
     assert lr_factor(23, 100, recipe) == pytest.approx(1.0)
     assert lr_factor(100, 100, recipe) == pytest.approx(0.07)
+
+
+def test_resize_stages_train_on_whole_images_scaled_down(dataset, tmp_path):
+    from cifarcli.augment import scaled
+
+    images = torch.rand(2, 3, 32, 32)
+    small = scaled(images, 16)
+    assert small.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(small.mean(), images.mean(), atol=0.01, rtol=0)  # the whole image, not a window
+    recipe = get_model_entry("airbench-cpu").recipe.override(epochs=2, batch_size=80, crops=[[16, 1]])
+    result = train(dataset, "airbench-cpu", replace(recipe, progressive="resize"), prepare_run("cpu", run_dir=tmp_path))
+    assert len(result.history) == 2
+    with pytest.raises(CifarError, match="progressive=zoom: choose crop or resize"):
+        recipe.override(progressive="zoom")
 
 
 def test_small_crops_come_first_and_are_windows_of_the_padded_images():
@@ -231,12 +246,12 @@ def test_final_figures_are_reproduced_by_the_checkpoint_and_its_onnx_export(prec
 def test_epochs_before_the_last_are_estimated_on_a_sample_and_say_so(precision, dataset, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import cifarcli.train as training
+    from cifarcli import scoring
     from cifarcli.classifier import TorchClassifier, load_classifier
     from cifarcli.evaluate import evaluate
     from cifarcli.run import autocast_dtype_of
 
-    monkeypatch.setattr(training, "EPOCH_TEST_IMAGES", 40)  # of the 90 test images
+    monkeypatch.setattr(scoring, "EPOCH_TEST_IMAGES", 40)  # of the 90 test images
     recipe = get_model_entry("tutorial").recipe.override(epochs=3, batch_size=32, lr=0.05)
     result = train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path / "whole"))
     scored = [(row["test_images"], row["scored_in"]) for row in result.history]
@@ -261,24 +276,41 @@ def test_epochs_before_the_last_are_estimated_on_a_sample_and_say_so(precision, 
     saved = load_classifier(best)
     in_training_precision = TorchClassifier(saved.model, saved.info, autocast_dtype=autocast_dtype_of(precision))
     assert metrics.estimated_test_acc == evaluate(in_training_precision, sample).accuracy
-    training.score_best_exactly(RunFolder(tmp_path / "cut"), saved.model, saved.info, 1, dataset, "cpu")
+    scoring.rescore_exactly(RunFolder(tmp_path / "cut"), saved.model, saved.info, 1, dataset.test, "cpu")
     info = load_checkpoint(best)["info"]
     assert info.metrics.test_acc == evaluate(load_classifier(best), dataset).accuracy and info.epoch == 1
 
 
-def test_bf16_training_steps_differ_from_fp32(dataset, tmp_path):
-    recipe = get_model_entry("tutorial").recipe.override(epochs=1, batch_size=32)
-    for precision in ("fp32", "bf16"):
-        train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path / precision))
-    fp32, bf16 = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("fp32", "bf16"))
-    assert any(not torch.equal(fp32[key], bf16[key]) for key in fp32 if fp32[key].is_floating_point())
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_training_steps_run_in_the_runs_precision_and_scoring_in_fp32(precision, dtype, dataset, tmp_path):
+    from cifarcli import models
+
+    seen = []  # the first convolution's output dtype at each call: training steps, then scoring
+    build = models.REGISTRY["tutorial"].build
+
+    def build_and_watch(*args):
+        model = build(*args)
+        model[1].register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
+        return model
+
+    entry = replace(models.REGISTRY["tutorial"], build=build_and_watch)
+    recipe = entry.recipe.override(epochs=1, batch_size=64)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(models.REGISTRY, "tutorial", entry)
+        train(dataset, "tutorial", recipe, prepare_run("cpu", precision, run_dir=tmp_path))
+    assert {dtype_ for training, dtype_ in seen if training} == {dtype}
+    assert {dtype_ for training, dtype_ in seen[-2:]} == {torch.float32}  # the final, exact scoring
 
 
-def test_precision_is_decided_by_the_hardware_or_refused_in_one_line():
-    from cifarcli.hardware import cpu_has_native_bf16
+@pytest.mark.parametrize(
+    ("flags", "auto"), [({"avx2"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16")]
+)
+def test_precision_is_decided_by_the_hardware_or_refused_in_one_line(flags, auto, monkeypatch):
+    from cifarcli import hardware
     from cifarcli.run import resolve_precision
 
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert resolve_precision("auto", "cpu") == auto
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(CifarError, match="--precision fp16: only on CUDA"):
         resolve_precision("fp16", "cpu")
@@ -334,3 +366,27 @@ def test_recipe_settings_are_read_as_their_fields_types():
     for bad, message in (("nonsense=1", "recipe field"), ("batch_size=1.5", "an integer"), ("lr=nan", "finite")):
         with pytest.raises(CifarError, match=message):
             parse_recipe_settings([bad])
+
+
+def test_run_folders_started_at_once_are_numbered_apart_and_take_the_umask(tmp_path):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: RunFolder.create(tmp_path, "same").path.name, range(8)))
+    assert sorted(folders) == sorted(["same", *(f"same{number}" for number in range(2, 9))])
+    umask = os.umask(0o027)
+    os.umask(umask)
+    RunFolder(tmp_path / "same").write_history([])
+    assert (tmp_path / "same" / "history.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_conv3x3_takes_the_matrix_product_path_only_when_the_run_switches_it_on():
+    from cifarcli.small_map_conv import Conv3x3, use_matrix_products
+
+    conv = Conv3x3(8, 8)
+    inputs = torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(conv(inputs).grad_fn).__name__ == "ConvolutionBackward0"  # autocast alone decides nothing
+        use_matrix_products(conv, True)
+        assert type(conv(inputs).grad_fn).__name__ == "SmallMapConvBackward"
