@@ -160,8 +160,11 @@ class OnnxClassifier(Classifier):
 
 
 def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0) -> Classifier:
-    """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint."""
-    path = Path(path)
+    """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint. The
+    bundled models answer to their names (onnx_model.BUNDLED_NAMES) from any folder."""
+    from cifarcli.onnx_model import bundled_or_path
+
+    path = bundled_or_path(path)
     if not path.is_file():
         raise CifarError(f"{path}: no such model file (give a .pt checkpoint or an .onnx model)")
     if path.suffix.lower() == ".onnx":

@@ -5,7 +5,6 @@ code (CIFARCLI_DEBUG=1 shows tracebacks instead)."""
 
 import contextlib
 import gc
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cifarcli import __version__
-from cifarcli.errors import CifarError, first_line
+from cifarcli.errors import CifarError, check_finite, first_line
 
 app = typer.Typer(
     help="Train, evaluate, export and serve a small image classifier, one command each.",
@@ -40,16 +39,16 @@ DataOption = Annotated[
 ]
 CacheOption = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help="Where downloads and decoded pixels are cached [~/.cache/cifarcli]."),
+    typer.Option("--cache-dir", help="Where downloads and decoded pixels are cached. Default: ~/.cache/cifarcli."),
 ]
 ValFractionOption = Annotated[
     float | None,
     typer.Option(
         help="For a folder of class folders (ROOT/<class>/*): the fraction of each class held out as its test "
-        "split [0.1 for training; evaluation uses the model's]."
+        "split. Default: 0.1 for training; evaluation uses the model's."
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else there.")]
 
 
 # What the extras add to the inference-only install (predict, evaluate .onnx): package -> extra.
@@ -75,10 +74,6 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
-def print_json(value) -> None:
-    typer.echo(json.dumps(value, indent=2))
-
-
 def version_callback(value: bool):
     if value:
         typer.echo(f"cifarcli {__version__}")
@@ -99,8 +94,11 @@ def load_data(data, size, cache_dir, val_fraction=None):
     from cifarcli.data import DEFAULT_VAL_FRACTION, load_dataset
     from cifarcli.hardware import cores
 
+    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     with report.progress_callback() as on_progress:
-        dataset = load_dataset(data, size, cache_dir, on_progress, val_fraction or DEFAULT_VAL_FRACTION, cores())
+        dataset = load_dataset(data, size, cache_dir, on_progress, fraction, cores())
+    for message in dataset.notes:
+        report.note(message)
     if dataset.skipped:
         report.note(f"skipped {len(dataset.skipped)} unreadable image(s), first: {dataset.skipped[0]}")
     return dataset
@@ -117,7 +115,7 @@ def models_command(as_json: JsonOption = False):
 
     rows = [describe_model(name) for name in REGISTRY]
     if as_json:
-        print_json(rows)
+        report.print_json(rows)
     else:
         report.show_models(rows)
 
@@ -129,7 +127,12 @@ def models_command(as_json: JsonOption = False):
 def train_command(
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Model name (see `cifar models`).", autocompletion=complete_model_name),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model name (see `cifar models`). Default: airbench-cpu.",
+            autocompletion=complete_model_name,
+        ),
     ] = None,
     data: DataOption = None,
     val_fraction: ValFractionOption = None,
@@ -157,8 +160,8 @@ def train_command(
             "--set label_smoothing=0.1 --set crops=16:2,24:3. Repeatable.",
         ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Run name: runs/train/<name>, numbered if it exists.")] = "exp",
-    out: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs/train"),
+    name: Annotated[str | None, typer.Option(help="Run name: <out>/<name>, numbered if taken. Default: exp.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Parent folder of run folders. Default: runs/train.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     resume: Annotated[
         Path | None, typer.Option(help="Continue a run from its folder (or its last.pt); needs no other option.")
@@ -172,36 +175,39 @@ def train_command(
     from cifarcli.distributed import launch_local, once_per_machine, shutdown
     from cifarcli.models import DEFAULT_MODEL, get_model_entry, parse_recipe_settings
     from cifarcli.run import prepare_run, take_run_folder
-    from cifarcli.run_folder import open_resumable
+    from cifarcli.run_folder import LAST, open_resumable
     from cifarcli.train import train
 
-    if nproc > 1:
-        with user_errors():
-            raise typer.Exit(launch_local(nproc, sys.argv[1:]))
     display = report.TrainDisplay()
     with user_errors():
+        check_finite(epochs=epochs, lr=lr, val_fraction=val_fraction)
         options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
         overrides = parse_recipe_settings(settings or []) | {k: v for k, v in options.items() if v is not None}
         resumed = open_resumable(resume) if resume is not None else None
         if resumed:
             given = {"model": model, "data": data, "val_fraction": val_fraction, "precision": precision}
-            resumed.refuse_contradictions({**given, **overrides})
-            model, data, precision, val_fraction = resumed.model, resumed.data, resumed.precision, resumed.val_fraction
+            resumed.refuse_contradictions({**given, **overrides, "name": name, "out": out})
+            if resumed.finished:
+                report.note(f"{resumed.folder.path}: the run already finished (epoch {resumed.epoch}); nothing to do")
+                return
+            model, data, precision = resumed.model, resumed.data, resumed.precision
+            val_fraction = resumed.val_fraction or None
         model = model or DEFAULT_MODEL
         recipe = get_model_entry(model).recipe.override(**(resumed.recipe if resumed else overrides))
+        if nproc > 1:
+            raise typer.Exit(launch_local(nproc, recipe.batch_size, sys.argv[1:]))
         context = prepare_run(device, precision or "auto", resumed.folder.path if resumed else None)
         dataset = once_per_machine(context.ranks, lambda: load_data(data, 32, cache_dir, val_fraction))
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
-        context = context if resumed else take_run_folder(context, out, name)
+        context = context if resumed else take_run_folder(context, out or Path("runs/train"), name or "exp")
         result = None
         try:
             result = train(dataset, model, recipe, context, display, resumed)
         except (KeyboardInterrupt, stops.Stopped) as stop:
             display.close()
-            folder = context.folder
-            hint = f"resume with: cifar train --resume {folder.path}" if folder.file("last.pt").exists() else ""
-            report.note(f"interrupted; {hint or 'no epoch had completed'}")
+            hint = f"resume with: cifar train --resume {context.folder.path}"
+            report.note(f"interrupted; {hint if context.folder.file(LAST).exists() else 'no epoch had completed'}")
             raise typer.Exit(stops.exit_code(stop)) from None
         finally:
             display.close()
@@ -209,7 +215,7 @@ def train_command(
     if not context.ranks.is_main:
         return
     if as_json:
-        print_json(result.to_dict())
+        report.print_json(result.to_dict())
     else:
         report.show_training_result(result)
 
@@ -238,15 +244,17 @@ def evaluate_command(
     from cifarcli.evaluate import evaluate, write_outputs
 
     with user_errors():
+        check_finite(val_fraction=val_fraction)
         classifier = load_classifier(model)
-        val_fraction = val_fraction or classifier.info.val_fraction
+        val_fraction = val_fraction if val_fraction is not None else classifier.info.val_fraction or None
         dataset = load_data(data, classifier.info.input_size, cache_dir, val_fraction)
         level = int(classifier.info.recipe.get("tta", 1)) if tta else 0
         with report.progress_callback() as on_progress:
             evaluation = evaluate(classifier, dataset, split, level, batch_size, on_progress)
-        written = write_outputs(evaluation, out, dataset.split(split).images) if out else []
+        written, skipped = write_outputs(evaluation, out, dataset.split(split).images) if out else ([], [])
+    report.show_evaluation_notes(evaluation, skipped)
     if as_json:
-        print_json(evaluation.to_dict())
+        report.print_json(evaluation.to_dict())
     else:
         report.show_evaluation(evaluation, written)
 
@@ -258,12 +266,13 @@ def evaluate_command(
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A .pt checkpoint from `cifar train`.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="The .onnx file [beside the checkpoint].")
+        Path | None, typer.Option("--output", "-o", help="The .onnx file. Default: beside the checkpoint.")
     ] = None,
     opset: Annotated[
         int | None,
         typer.Option(
-            help="ONNX opset [20: the most portable; 18 up to the newest torch and ONNX Runtime support].", min=18
+            help="ONNX opset: 18 up to the newest torch and ONNX Runtime support. Default: 20, the most portable.",
+            min=18,
         ),
     ] = None,
     data: DataOption = None,
@@ -274,7 +283,7 @@ def export_command(
     int8_max_loss: Annotated[
         float,
         typer.Option(
-            help="Refuse an --int8 model whose test accuracy is more than this below fp32's [0.01: one point; 1: any].",
+            help="Refuse an --int8 model whose test accuracy is more than this below fp32's (0.01: one point).",
             min=0,
         ),
     ] = 0.01,
@@ -283,8 +292,6 @@ def export_command(
     as_json: JsonOption = False,
 ):
     """Export to one self-describing .onnx file and prove it equals PyTorch."""
-    from dataclasses import asdict
-
     from cifarcli import report
     from cifarcli.classifier import TorchClassifier
     from cifarcli.export import export_checkpoint
@@ -292,12 +299,12 @@ def export_command(
     with user_errors():
         torch_model = TorchClassifier.from_checkpoint(checkpoint)
         info = torch_model.info
-        dataset = load_data(data, info.input_size, cache_dir, info.val_fraction) if data else None
+        dataset = load_data(data, info.input_size, cache_dir, info.val_fraction or None) if data else None
         result = export_checkpoint(
             torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss=int8_max_loss, speed=speed
         )
     if as_json:
-        print_json({**asdict(result), "path": str(result.path)})
+        report.print_json(result.to_dict())
     else:
         report.show_export(result)
 
@@ -311,7 +318,10 @@ EXIT_SOME_FAILED = 3
 def predict_command(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="An .onnx model [the bundled CIFAR-10 model].")
+        Path | None,
+        typer.Option(
+            "--model", "-m", help="An .onnx model, or default / default.int8. Default: the bundled CIFAR-10 model."
+        ),
     ] = None,
     # predict.PREDICT_BATCH, written out so that --help imports no numpy
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call, per worker.", min=1)] = 64,
@@ -321,7 +331,7 @@ def predict_command(
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")] = True,
     threads: Annotated[
-        int, typer.Option(help="Worker threads, each decoding and classifying whole batches [all cores].", min=0)
+        int, typer.Option(help="Worker threads, each decoding whole batches; 0: one per core.", min=0)
     ] = 0,
     min_confidence: Annotated[
         float, typer.Option(help="Label an image 'unsure' when its top class's confidence is below this.", min=0, max=1)
@@ -332,43 +342,32 @@ def predict_command(
     bundled: Annotated[
         str | None,
         typer.Option(
-            help="Without --model: the bundled model in fp32 or int8 [int8 on x86 CPUs with int8 instructions]."
+            help="Without --model: the bundled model in fp32 or int8. Default: int8 on x86 CPUs with int8 instructions."
         ),
     ] = None,
     as_json: JsonOption = False,
 ):
     """Classify images with an ONNX model. Exit 0: all predicted; 3: some files failed; 2: usage errors."""
-    from cifarcli import report
-    from cifarcli.classifier import OnnxClassifier
+    from cifarcli import report, stops
     from cifarcli.hardware import cores
-    from cifarcli.predict import RowWriter, Summary, choose_bundled_model, discover_images, row_to_dict, run_predictions
+    from cifarcli.predict import Summary, prepare_predictions, run_predictions
+    from cifarcli.rows import row_to_dict
 
     with user_errors():
-        if model is None:
-            model, why = choose_bundled_model(bundled)
-            report.note(f"using the bundled CIFAR-10 model {model.name} ({why}); pass --model for your own")
-        elif bundled is not None:
-            raise CifarError(f"--bundled {bundled}: chooses between the bundled models; drop it with --model")
-        elif model.suffix.lower() != ".onnx":
-            raise CifarError(f"--model {model}: predict takes an .onnx model; run `cifar export {model}` first")
-        classifier = OnnxClassifier(model, threads=1)  # the workers are the parallelism
-        files = discover_images(paths, recursive)
-        if not files:
-            raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")
-        if resume and not output:
-            raise CifarError("--resume: give the --output file of the run to continue")
-        writer = RowWriter(output, top_k, resume) if output else None
-        if writer and writer.done:
-            files = [path for path in files if path not in writer.done]
-            report.note(f"resuming: {len(writer.done):,} rows already in {output}, {len(files):,} files to go")
-        with report.PredictDisplay(len(files)) as display:
-            summary = run_predictions(
-                classifier, files, writer, Summary(keep_all=as_json), display.advance, batch_size, top_k,
-                threads or cores(), min_confidence,
-            )  # fmt: skip
+        check_finite(min_confidence=min_confidence)
+        run = prepare_predictions(paths, model, bundled, output, top_k, min_confidence, resume, recursive)
+        for message in run.notes:
+            report.note(message)
+        summary = Summary(keep_all=as_json)
+        try:
+            with report.PredictDisplay(len(run.files)) as display, stops.stop_on_sigterm():
+                run_predictions(run, summary, display.advance, batch_size, threads or cores())
+        except (KeyboardInterrupt, stops.Stopped) as stop:
+            report.note(run.interrupted_hint(summary, sys.argv[1:]))
+            raise typer.Exit(stops.exit_code(stop)) from None
     if as_json:
         rows = [row_to_dict(row, top_k) for row in summary.rows]
-        print_json({"model": str(model), "summary": summary.totals(), "rows": rows})
+        report.print_json({"model": str(run.model), "summary": summary.totals(), "rows": rows})
     else:
         report.show_predictions(summary, top_k, output)
     if summary.failed:

@@ -67,6 +67,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)  # "file: reason" for undecodable images
     val_fraction: float = 0.0  # > 0: the test split was held out of a ROOT/<class>/* folder
     held_out: list[str] = field(default_factory=list)  # then: its files, as paths inside the source
+    notes: list[str] = field(default_factory=list)  # what the loading did that a user should hear of
 
     def split(self, name: str) -> Split:
         if name not in ("train", "test"):
@@ -99,10 +100,17 @@ def load_dataset(
         if not path.exists():
             raise CifarError(f"--data {source}: no such file or folder")
     cache_file = cache_dir / "decoded" / f"{source_fingerprint(path, size, val_fraction)}.npz"
+    notes = []
     if cache_file.exists():
-        return read_cache(cache_file, str(path))
+        try:
+            return read_cache(cache_file, str(path))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # derived data: rebuild it
+            notes.append(
+                f"{cache_file}: the cache of decoded pixels is unreadable ({first_line(error)}); decoded again"
+            )
     dataset = decode_source(path, size, on_progress or (lambda *_: None), val_fraction, threads)
     write_cache(cache_file, dataset)
+    dataset.notes = notes
     return dataset
 
 

@@ -147,11 +147,16 @@ def shutdown(ranks: Ranks, finished: bool) -> None:
     gc.collect()  # frees DDP's reducer, the last owner of the process group, now rather than at exit
 
 
-def launch_local(nproc: int, arguments: list[str]) -> int:
+def launch_local(nproc: int, batch_size: int, arguments: list[str]) -> int:
     """`cifar train --nproc N ...`: rerun the same command (its arguments, --nproc dropped) under
-    torchrun on this machine."""
+    torchrun on this machine, once the global batch is known to divide among the processes."""
     if os.environ.get("WORLD_SIZE"):
         raise CifarError("--nproc: already running under torchrun; drop --nproc")
+    if batch_size % nproc:
+        raise CifarError(
+            f"--nproc {nproc}: the global batch of {batch_size} images must divide among the processes; "
+            f"choose a --batch-size that is a multiple of {nproc}"
+        )
     kept, skip = [], False
     for argument in arguments:
         if not skip and argument != "--nproc" and not argument.startswith("--nproc="):

@@ -4,6 +4,8 @@ Logic code raises `CifarError` with a message that names the file or option and 
 only `cli.py` turns it into a one-line message and an exit code.
 """
 
+import math
+
 
 class CifarError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -15,6 +17,14 @@ class CifarError(Exception):
 
 class ImageDecodeError(CifarError):
     """One image file could not be turned into pixels (reported per file, never fatal)."""
+
+
+def check_finite(**options) -> None:
+    """Refuse NaN and infinity for the named options: typer's min and max let NaN through (every
+    comparison with it is false), and no figure of ours means anything at NaN."""
+    for name, value in options.items():
+        if value is not None and not math.isfinite(value):
+            raise CifarError(f"--{name.replace('_', '-')} {value}: give a finite number")
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:

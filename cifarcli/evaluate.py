@@ -6,7 +6,7 @@ Works on any Classifier (.pt through PyTorch, .onnx through ONNX Runtime without
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,10 @@ class Evaluation:
     ece: float  # expected calibration error: images-weighted |accuracy - confidence| over the bins
     reliability: list[dict]  # per confidence bin: lower, upper, images, confidence, accuracy
     confident_mistakes: list[dict]  # index in the split, true, predicted, confidence; most confident first
+    macro_precision: "float | None" = None  # the per-class means, over the classes with images in the split
+    macro_recall: "float | None" = None
+    macro_f1: "float | None" = None
+    warnings: list[str] = field(default_factory=list)  # what the figures leave out, one line each
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,22 +72,26 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) 
 
 
 def per_class_metrics(confusion: np.ndarray, classes: list[str]) -> list[dict]:
+    """Precision, recall (the class's accuracy), F1 and support per class. A class with no images
+    in the split has no recall or F1 (None), and no precision if nothing was predicted as it."""
     true_positive = np.diag(confusion).astype(float)
     predicted, support = confusion.sum(0), confusion.sum(1)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
-    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
-    total = precision + recall
-    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
-    return [
-        {
-            "name": name,
-            "precision": round(float(p), 4),
-            "recall": round(float(r), 4),
-            "f1": round(float(f), 4),
-            "support": int(s),
-        }
-        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
-    ]
+    rows = []
+    for name, hits, guessed, present in zip(classes, true_positive, predicted, support, strict=True):
+        precision = hits / guessed if guessed else (None if not present else 0.0)
+        recall = hits / present if present else None
+        f1 = None if recall is None else (2 * precision * recall / (precision + recall) if hits else 0.0)
+        shown = {key: None if value is None else round(float(value), 4)
+                 for key, value in (("precision", precision), ("recall", recall), ("f1", f1))}  # fmt: skip
+        rows.append({"name": name, **shown, "support": int(present)})
+    return rows
+
+
+def macro_averages(per_class: list[dict]) -> dict:
+    """The mean precision, recall and F1 over the classes that have images in the split."""
+    present = [row for row in per_class if row["support"]]
+    return {f"macro_{key}": round(float(np.mean([row[key] or 0.0 for row in present])), 4) if present else None
+            for key in ("precision", "recall", "f1")}  # fmt: skip
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -165,6 +173,12 @@ def evaluate(
     predictions = logits.argmax(1)
     confusion = confusion_matrix(data.labels, predictions, len(dataset.classes))
     ece, reliability = calibration(probabilities.max(1), predictions == data.labels)
+    per_class = per_class_metrics(confusion, dataset.classes)
+    missing = [row["name"] for row in per_class if not row["support"]]
+    warnings = [
+        f"no {split} images of class '{name}' in --data {dataset.source}: it is left out of the per-class averages"
+        for name in missing
+    ]
     return Evaluation(
         model=classifier.source,
         data=dataset.source,
@@ -173,19 +187,22 @@ def evaluate(
         images=len(data),
         accuracy=round(accuracy(logits, data.labels), 5),
         loss=round(cross_entropy(logits, data.labels), 5),
-        per_class=per_class_metrics(confusion, dataset.classes),
+        per_class=per_class,
         confusion=confusion.tolist(),
         most_confused=most_confused_pairs(confusion, dataset.classes),
         classes=dataset.classes,
         ece=ece,
         reliability=reliability,
         confident_mistakes=most_confident_mistakes(probabilities, data.labels, dataset.classes),
+        **macro_averages(per_class),
+        warnings=warnings,
     )
 
 
-def write_outputs(evaluation: Evaluation, out_dir: Path, images: np.ndarray) -> list[Path]:
-    """metrics.json and four pictures in out_dir, each written atomically. images: the evaluated
-    split's uint8 pixels, for the gallery of mistakes."""
+def write_outputs(evaluation: Evaluation, out_dir: Path, images: np.ndarray) -> tuple[list[Path], list[str]]:
+    """metrics.json and four pictures in out_dir, each written atomically: (the files written,
+    the pictures skipped because matplotlib is not installed). images: the evaluated split's
+    uint8 pixels, for the gallery of mistakes."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -198,9 +215,13 @@ def write_outputs(evaluation: Evaluation, out_dir: Path, images: np.ndarray) -> 
         "reliability.png": plot_reliability,
         "mistakes.png": lambda figure_path, e: plot_mistakes(figure_path, e, images),
     }
+    try:
+        pyplot()
+    except ModuleNotFoundError:
+        return [metrics], list(pictures)
     for name, plot in pictures.items():
         plot(out_dir / name, evaluation)
-    return [metrics, *(out_dir / name for name in pictures)]
+    return [metrics, *(out_dir / name for name in pictures)], []
 
 
 def pyplot():
@@ -221,7 +242,7 @@ def save_figure(figure, path: Path) -> None:
 def plot_per_class_accuracy(path: Path, evaluation: Evaluation) -> None:
     plt = pyplot()
     names = [row["name"] for row in evaluation.per_class]
-    accuracy = [row["recall"] for row in evaluation.per_class]
+    accuracy = [row["recall"] or 0.0 for row in evaluation.per_class]
     figure, axes = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 4))
     axes.bar(range(len(names)), accuracy, color="tab:blue")
     axes.axhline(evaluation.accuracy, color="black", linestyle="--", label=f"overall {evaluation.accuracy:.2%}")

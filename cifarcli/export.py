@@ -11,7 +11,7 @@ import datetime
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,10 @@ class ExportReport:
     temperature: float = 1.0  # fitted on training images with --data; 1: not fitted
     calibration: dict = field(default_factory=dict)  # fitted_on, test ECE before and after, with --data
     int8: dict = field(default_factory=dict)  # path, size, accuracies and speeds when --int8
+
+    def to_dict(self) -> dict:
+        """What `cifar export --json` prints."""
+        return {**asdict(self), "path": str(self.path)}
 
 
 def newest_supported_opset() -> int:
@@ -182,9 +186,16 @@ def export_checkpoint(
 ) -> ExportReport:
     """Export a checkpoint (its path, or loaded as a TorchClassifier) to output, beside the
     checkpoint by default. speed: also time ONNX Runtime (a few seconds)."""
+    import torch
+
     loaded = isinstance(checkpoint, TorchClassifier)
     torch_model = checkpoint if loaded else TorchClassifier.from_checkpoint(checkpoint)
     info = torch_model.info
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in torch_model.model.state_dict().values()):
+        raise CifarError(
+            f"{torch_model.source}: its weights are not finite (a training run that diverged); train again with "
+            "a lower --lr"
+        )
     if dataset is not None and dataset.classes != info.classes:
         raise CifarError(f"--data {dataset.source}: its classes differ from the checkpoint's {info.classes}")
     if int8 and dataset is None:

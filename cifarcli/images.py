@@ -8,10 +8,13 @@ centred square, so a centre crop keeps their proportions instead of squashing th
 """
 
 import io
+import os
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarcli.errors import ImageDecodeError, first_line
 
@@ -63,18 +66,41 @@ def decode_upright(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+def open_regular_file(path: "str | Path"):
+    """The file opened for reading, or ImageDecodeError when it is not a regular file: opening a
+    FIFO or a device would block or read forever, so it is opened without blocking and checked."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise ImageDecodeError(f"{path}: cannot be read ({error.strerror})") from None
+    kind = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(descriptor)
+        what = "a FIFO" if stat.S_ISFIFO(kind) else "a socket" if stat.S_ISSOCK(kind) else "a device or folder"
+        raise ImageDecodeError(f"{path}: not a regular file ({what})")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
 def decode_image(source: "str | Path | bytes", size: int) -> np.ndarray:
     """Decode one image (a path or its bytes) to a (size, size, 3) uint8 RGB array.
 
     Raises ImageDecodeError, and nothing else, for any file that is not a usable image.
     """
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    stream = io.BytesIO(source) if isinstance(source, bytes) else open_regular_file(source)
+    empty = stream.getbuffer().nbytes == 0 if isinstance(stream, io.BytesIO) else os.fstat(stream.fileno()).st_size == 0
     try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-        with stream, Image.open(stream) as image:
-            pixels = np.asarray(fit_to_square(to_rgb(decode_upright(image, size)), size), dtype=np.uint8)
+        with stream, warnings.catch_warnings():
+            # Images over Pillow's pixel limit decode (draft mode keeps them small); twice over is a bomb.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as image:
+                pixels = np.asarray(fit_to_square(to_rgb(decode_upright(image, size)), size), dtype=np.uint8)
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb ({first_line(error)})") from None
+    except UnidentifiedImageError:
+        reason = "an empty file" if empty else "not an image format Pillow reads"
+        raise ImageDecodeError(f"{name}: not a readable image ({reason})") from None
     except Exception as error:  # Pillow's plugins raise a zoo of types on hostile input
         raise ImageDecodeError(f"{name}: not a readable image ({first_line(error)})") from None
     if pixels.shape != (size, size, 3):

@@ -20,6 +20,18 @@ INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = "float32 RGB in [0, 1]"
 
 
+# Names of the bundled models that work from any folder: `cifar evaluate default`, `--model default.int8`.
+BUNDLED_NAMES = {"default": "default.onnx", "default.int8": "default.int8.onnx"}
+
+
+def bundled_or_path(model: "str | Path") -> Path:
+    """A bundled model's file for its name, unless a file of that name is here; else the path."""
+    path = Path(model)
+    if not path.exists() and str(model) in BUNDLED_NAMES:
+        return BUNDLED_FOLDER / BUNDLED_NAMES[str(model)]
+    return path
+
+
 def metadata_for(info: ModelInfo, export_date: str, quantization: "str | None" = None) -> dict[str, str]:
     """The metadata_props of an export: the model card under CARD_KEY, which is what cifarcli
     reads back, and flat keys derived from it for other tools (never read back)."""

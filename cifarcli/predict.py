@@ -7,10 +7,10 @@ cannot be decoded becomes an error row; it never ends the batch.
 """
 
 import contextlib
-import csv
 import glob
-import json
+import hashlib
 import os
+import shlex
 import threading
 import time
 from collections import Counter, deque
@@ -26,6 +26,7 @@ from cifarcli.errors import CifarError, ImageDecodeError
 from cifarcli.hardware import cpu_int8_instructions
 from cifarcli.images import decode_image, is_image_name
 from cifarcli.onnx_model import BUNDLED_FOLDER
+from cifarcli.rows import Row, RowWriter
 
 # The bundled CIFAR-10 model, in fp32 and static INT8 (built within 0.3 points of fp32).
 BUNDLED_MODELS = {"fp32": BUNDLED_FOLDER / "default.onnx", "int8": BUNDLED_FOLDER / "default.int8.onnx"}
@@ -58,21 +59,13 @@ def choose_bundled_model(bundled: "str | None") -> tuple[Path, str]:
 
 
 @dataclass
-class Row:
-    path: str
-    label: str = ""
-    confidence: float = 0.0
-    top_k: tuple = ()  # ((label, probability), ...)
-    error: str = ""
-
-
-@dataclass
 class Summary:
     """Counts for the closing line and table; keeps every row only when asked (--json)."""
 
     keep_all: bool = False
-    shown: int = 20  # rows kept for the table when not keeping all
+    shown: int = 20  # rows kept for the table when not keeping all, and failures named on screen
     rows: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # the first `shown` failed rows
     counts: Counter = field(default_factory=Counter)
     images: int = 0
     failed: int = 0
@@ -86,6 +79,8 @@ class Summary:
         self.counts[row.label or "(failed)"] += 1
         if self.keep_all or len(self.rows) < self.shown:
             self.rows.append(row)
+        if row.error and len(self.failures) < self.shown:
+            self.failures.append(row)
 
     def totals(self) -> dict:
         rate = self.images / self.seconds if self.seconds else 0.0
@@ -224,113 +219,84 @@ def predict_files(
             yield from in_flight.popleft().result()
 
 
-def run_predictions(classifier, files: list[str], writer: "RowWriter | None", summary: "Summary", on_row,
-                    batch_size: int, top_k: int, workers: int, min_confidence: float) -> "Summary":  # fmt: skip
-    """Predict every file, counting each row in `summary` and writing it with `writer` as it
-    comes; on_row(summary) after each. The writer is closed however the loop ends, so every row
-    written so far stays in the file."""
+@dataclass
+class PredictionRun:
+    """What a `cifar predict` command works on, decided before the first row."""
+
+    model: Path
+    classifier: object  # OnnxClassifier, one ONNX Runtime thread: the workers are the parallelism
+    files: list[str]  # still to predict
+    writer: "RowWriter | None"
+    top_k: int
+    min_confidence: float
+    notes: list[str] = field(default_factory=list)  # for the user: which model, what a resume skips
+
+    def interrupted_hint(self, summary: "Summary", arguments: list[str]) -> str:
+        """The line a stopped run ends with: what was kept, and the command that continues it."""
+        if not self.writer:
+            return f"interrupted after {summary.images:,} images; --output FILE keeps rows, and --resume continues them"
+        command = shlex.join(["cifar", *arguments, *([] if "--resume" in arguments else ["--resume"])])
+        return f"interrupted; {self.writer.count:,} rows written to {self.writer.path}; continue with: {command}"
+
+
+def prepare_predictions(
+    paths: list[str], model: "Path | None", bundled: "str | None", output: "Path | None", top_k: int,
+    min_confidence: float, resume: bool, recursive: bool,
+) -> PredictionRun:  # fmt: skip
+    """The model (the bundled one when none is given), the files found, and the output: a new
+    file, or with resume the same file continued, once it is shown to come from the same model
+    and options."""
+    from cifarcli.classifier import OnnxClassifier
+    from cifarcli.onnx_model import bundled_or_path
+
+    notes = []
+    if model is None:
+        model, why = choose_bundled_model(bundled)
+        notes.append(f"using the bundled CIFAR-10 model {model.name} ({why}); pass --model for your own")
+    elif bundled is not None:
+        raise CifarError(f"--bundled {bundled}: chooses between the bundled models; drop it with --model")
+    model = bundled_or_path(model)
+    if model.suffix.lower() != ".onnx":
+        raise CifarError(f"--model {model}: predict takes an .onnx model; run `cifar export {model}` first")
+    classifier = OnnxClassifier(model, threads=1)
+    classes = len(classifier.info.classes)
+    if top_k > classes:
+        raise CifarError(f"--top-k {top_k}: the model has {classes} classes; choose at most {classes}")
+    files = discover_images(paths, recursive)
+    if not files:
+        raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")
+    if resume and not output:
+        raise CifarError("--resume: give the --output file of the run to continue")
+    provenance = {"model_sha256": file_sha256(model), "top_k": top_k, "min_confidence": min_confidence}
+    writer = RowWriter(output, top_k, resume, provenance) if output else None
+    if writer and writer.done:
+        files = [path for path in files if path not in writer.done]
+        notes.append(f"resuming: {len(writer.done):,} rows already in {output}, {len(files):,} files to go")
+    return PredictionRun(model, classifier, files, writer, top_k, min_confidence, notes)
+
+
+def run_predictions(run: PredictionRun, summary: "Summary", on_row, batch_size: int, workers: int) -> "Summary":
+    """Predict the run's files, counting each row in `summary` and writing it as it comes;
+    on_row(summary) after each. The writer is closed however the loop ends, so every row written
+    so far stays in the file."""
     started = time.perf_counter()
+    rows = predict_files(run.classifier, run.files, batch_size, run.top_k, workers, run.min_confidence)
     try:
-        for row in predict_files(classifier, files, batch_size, top_k, workers, min_confidence):
+        for row in rows:
             summary.add(row)
-            if writer:
-                writer.write(row)
+            if run.writer:
+                run.writer.write(row)
             on_row(summary)
     finally:
         summary.seconds = time.perf_counter() - started
-        if writer:
-            writer.close()
+        if run.writer:
+            run.writer.close()
     return summary
 
 
-# ---------------------------------------------------------------- writing rows
-
-
-class RowWriter:
-    """Writes rows as they come (.csv, .json or .jsonl by extension), each flushed at once.
-
-    With resume, an existing .csv or .jsonl is continued: a line cut short by a kill is dropped,
-    and `done` holds the paths already written, for the caller to skip."""
-
-    def __init__(self, path: Path, top_k: int, resume: bool = False):
-        suffix = path.suffix.lower()
-        if suffix not in (".csv", ".json", ".jsonl"):
-            raise CifarError(f"--output {path}: use a .csv, .json or .jsonl file name")
-        if path.is_dir():
-            raise CifarError(f"--output {path}: is a folder; give a file name")
-        if resume and suffix == ".json":
-            raise CifarError(f"--output {path}: --resume continues a .jsonl or .csv file; a .json array cannot grow")
-        self.kind, self.top_k, self.count = suffix, top_k, 0
-        extra = [f"top{i}_{part}" for i in range(1, top_k + 1) for part in ("label", "confidence")] if top_k > 1 else []
-        header = ["path", "label", "confidence", *extra, "error"]
-        self.done = rows_already_written(path, suffix, header) if resume else set()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            mode = "a" if resume and path.exists() else "w"
-            self.file = open(path, mode, newline="" if suffix == ".csv" else None)
-        except OSError as error:
-            raise CifarError(f"--output {path}: cannot write there ({error.strerror})") from None
-        if suffix == ".csv":
-            self.csv = csv.writer(self.file)
-            if self.file.tell() == 0:
-                self.csv.writerow(header)
-        elif suffix == ".json":
-            self.file.write("[")
-
-    def write(self, row: Row) -> None:
-        if self.kind == ".csv":
-            extra = []
-            if self.top_k > 1:
-                pairs = list(row.top_k) + [("", None)] * (self.top_k - len(row.top_k))
-                extra = [value for label, p in pairs for value in (label, "" if p is None else f"{p:.6f}")]
-            confidence = f"{row.confidence:.6f}" if row.label else ""
-            self.csv.writerow([row.path, row.label, confidence, *extra, row.error])
-        else:
-            text = json.dumps(row_to_dict(row, self.top_k))
-            if self.kind == ".json":
-                text = ("\n  " if self.count == 0 else ",\n  ") + text
-            else:
-                text += "\n"
-            self.file.write(text)
-        self.count += 1
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.kind == ".json":
-            self.file.write("\n]\n" if self.count else "]\n")
-        self.file.close()
-
-
-def rows_already_written(path: Path, suffix: str, header: list[str]) -> set[str]:
-    """The paths of the complete rows in an output file (cutting off a partial last line)."""
-    if not path.is_file():
-        return set()
-    try:
-        text = path.read_bytes()
-        complete = text[: text.rfind(b"\n") + 1]
-        if len(complete) < len(text):
-            os.truncate(path, len(complete))
-    except OSError as error:
-        raise CifarError(f"--output {path}: cannot read it to resume ({error.strerror})") from None
-    lines = complete.decode().splitlines()
-    if suffix == ".jsonl":
-        try:
-            return {json.loads(line)["path"] for line in lines if line.strip()}
-        except (ValueError, KeyError, TypeError):
-            raise CifarError(f"--output {path}: not rows of cifar predict; give another --output") from None
-    rows = list(csv.reader(lines))
-    if rows and rows[0] != header:
-        raise CifarError(f"--output {path}: written with other columns (--top-k); resume with the same options")
-    return {row[0] for row in rows[1:] if row}
-
-
-def row_to_dict(row: Row, top_k: int) -> dict:
-    value = {
-        "path": row.path,
-        "label": row.label or None,
-        "confidence": round(row.confidence, 6) if row.label else None,
-        "error": row.error or None,
-    }
-    if top_k > 1:
-        value["top_k"] = [{"label": label, "confidence": round(p, 6)} for label, p in row.top_k]
-    return value
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -5,8 +5,10 @@ bars are drawn only when stderr is a terminal, so logs get one plain line per ep
 """
 
 import contextlib
+import json
+import math
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -31,6 +33,19 @@ def error_line(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(message, highlight=False, soft_wrap=True)
+
+
+def print_json(value) -> None:
+    """Standard JSON on stdout, nothing else there: a figure that does not exist (NaN) is null."""
+
+    def finite(item):
+        if isinstance(item, float):
+            return item if math.isfinite(item) else None
+        if isinstance(item, dict):
+            return {key: finite(inner) for key, inner in item.items()}
+        return [finite(inner) for inner in item] if isinstance(item, list | tuple) else item
+
+    print(json.dumps(finite(value), indent=2, allow_nan=False))
 
 
 class RateColumn(ProgressColumn):
@@ -159,6 +174,14 @@ def show_models(rows: list[dict]) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
+def show_evaluation_notes(evaluation, skipped) -> None:
+    """What the figures leave out, and the pictures not drawn; on stderr, beside --json too."""
+    for warning in evaluation.warnings:
+        note(f"warning: {warning}")
+    if skipped:
+        note(escape(f"skipped {', '.join(skipped)}: the pictures need matplotlib; pip install 'cifarcli[plots]'"))
+
+
 def show_evaluation(evaluation, written) -> None:
     tta = f", TTA level {evaluation.tta}" if evaluation.tta else ""
     out.print(
@@ -180,11 +203,12 @@ def show_evaluation(evaluation, written) -> None:
     ):
         table.add_column(column, justify=justify)
     for row in evaluation.per_class:
-        table.add_row(
-            row["name"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
-        )
+        figures = ["—" if row[key] is None else f"{row[key]:.3f}" for key in ("precision", "recall", "f1")]
+        table.add_row(row["name"], *figures, str(row["support"]))
+    averages = [f"{getattr(evaluation, f'macro_{key}') or 0:.3f}" for key in ("precision", "recall", "f1")]
+    table.add_row("mean", *averages, str(evaluation.images), end_section=True)
     out.print(table)
-    out.print(confusion_table(evaluation))
+    out.print(confusion_table(evaluation, out.width))
     pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in evaluation.most_confused)
     out.print(f"most confused (true -> predicted): {pairs or 'none'}")
     mistakes = ", ".join(
@@ -196,14 +220,20 @@ def show_evaluation(evaluation, written) -> None:
         out.print(f"wrote {path}")
 
 
-def confusion_table(evaluation) -> Table:
-    """Counts shaded by their share of the row: the diagonal green, mistakes red."""
+def confusion_table(evaluation, width: int):
+    """Counts shaded by their share of the row: the diagonal green, mistakes red. Columns are named
+    by the first letters of each class; on a terminal too narrow for that, rows and columns are
+    numbered and a legend names the classes, so that no name and no count is ever cut."""
+    names = evaluation.classes
+    digits = len(str(max(max(row) for row in evaluation.confusion)))
+    numbered = max(len("true \\ pred"), *map(len, names)) + len(names) * (max(5, digits) + 3) + 4 > width
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")
-    short = [name[:5] for name in evaluation.classes]
-    table.add_column("true \\ pred")
-    for name in short:
-        table.add_column(name, justify="right")
-    for index, (name, row) in enumerate(zip(evaluation.classes, evaluation.confusion, strict=True)):
+    if numbered:
+        table = Table(title="Confusion (rows: true, columns: predicted)", box=None, padding=(0, 0, 0, 1))
+    table.add_column("true \\ pred" if not numbered else "", no_wrap=True)
+    for index, name in enumerate(names):
+        table.add_column(str(index) if numbered else name[:5], justify="right", no_wrap=True)
+    for index, (name, row) in enumerate(zip(names, evaluation.confusion, strict=True)):
         total = max(1, sum(row))
         cells = []
         for column, count in enumerate(row):
@@ -213,8 +243,11 @@ def confusion_table(evaluation) -> Table:
             else:
                 style = "bold red" if share > 0.1 else "red" if share > 0.03 else "dim"
             cells.append(f"[{style}]{count}[/]")
-        table.add_row(name, *cells)
-    return table
+        table.add_row(str(index) if numbered else name, *cells)
+    if not numbered:
+        return table
+    legend = Text("classes: " + ", ".join(f"{index}={name}" for index, name in enumerate(names)))
+    return Group(table, legend)
 
 
 # ---------------------------------------------------------------- export
@@ -298,6 +331,13 @@ def show_predictions(summary, top_k: int, output) -> None:
         for label, count in summary.counts.most_common():
             counts.add_row(label, f"{count:,}")
         out.print(counts)
+    if summary.failures:
+        out.print(f"[red]failed[/] ({summary.failed:,}):", highlight=False)
+        for row in summary.failures:
+            out.print(f"  {row.path}: {row.error}", highlight=False, soft_wrap=True)
+        if summary.failed > len(summary.failures):
+            where = f"every failed row, with its error, is in {output}" if output else "--output FILE lists them all"
+            out.print(f"  ... and {summary.failed - len(summary.failures):,} more; {where}", highlight=False)
     totals = summary.totals()
     out.print(
         f"{totals['images']:,} images, {totals['predicted']:,} predicted ({totals['unsure']:,} unsure), "

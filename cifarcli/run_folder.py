@@ -10,6 +10,7 @@ the folder belongs to another process (`writes` False: ranks other than 0 under 
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,17 @@ class ResumableRun:
     checkpoint: dict = field(repr=False)  # last.pt, loaded
     history: list = field(repr=False)  # history.csv's rows up to last.pt's epoch
 
+    @property
+    def epoch(self) -> int:
+        return self.checkpoint["info"].epoch
+
+    @property
+    def finished(self) -> bool:
+        """Whether last.pt holds the run's last epoch (a fraction of an epoch counts as one)."""
+        return (
+            self.epoch >= math.ceil(self.recipe["epochs"]) and self.checkpoint["info"].metrics.test_acc_tta is not None
+        )
+
     def recorded(self) -> dict:
         """The options of `cifar train` that the run folder fixes, by option name."""
         data = {"data": self.data, "val_fraction": self.val_fraction or None}
@@ -130,6 +142,8 @@ class ResumableRun:
         for name, value in given.items():
             if value is None or (name == "precision" and value == "auto"):
                 continue
+            if name in ("name", "out"):
+                raise CifarError(f"--{name} {value}: --resume continues the run in its folder; drop --{name}")
             if name == "data":
                 value = str(Path(value).expanduser().resolve())
             if name == "crops":
@@ -146,6 +160,8 @@ def open_resumable(path: Path) -> ResumableRun:
     against the checkpoint once the data is loaded (check_same_data)."""
     checkpoint_file = path / LAST if path.is_dir() else path
     folder = RunFolder(checkpoint_file.parent)
+    if not checkpoint_file.is_file() and folder.file(CONFIG).is_file():
+        raise CifarError(f"--resume {path}: the run stopped before its first epoch ended (no {LAST}); start a new run")
     if not checkpoint_file.is_file():
         raise CifarError(f"--resume {path}: no {LAST} there; give a run folder or its {LAST}")
     try:

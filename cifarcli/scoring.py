@@ -9,10 +9,12 @@ estimate under names of its own (checkpoint.Metrics).
 """
 
 import copy
+import math
 
 from cifarcli.checkpoint import ModelInfo, load_checkpoint
 from cifarcli.classifier import EVAL_BATCH, TorchClassifier, predict_in_batches, predict_plain_and_tta_in_batches
 from cifarcli.data import Split
+from cifarcli.errors import CifarError
 from cifarcli.evaluate import accuracy, cross_entropy
 from cifarcli.run_folder import BEST
 
@@ -41,6 +43,19 @@ def exact(model, info: ModelInfo, test: Split, device: str, tta: int) -> tuple[d
     scorer = TorchClassifier(model, info, "training", device)
     plain, with_tta = predict_plain_and_tta_in_batches(scorer, test.images, EVAL_BATCH, tta)
     return figures(plain, test.labels, "fp32"), accuracy(with_tta, test.labels)
+
+
+def finite_loss(loss: float, epoch: int, step: int) -> float:
+    """The running training loss, or one line that stops the run: once the loss is not finite,
+    neither are the weights, and no later epoch's checkpoint may replace the last finite one."""
+    if math.isfinite(loss):
+        return loss
+    kept = f"last.pt keeps epoch {epoch}" if epoch else "no epoch completed"
+    raise CifarError(
+        f"epoch {epoch + 1}, step {step + 1}: the training loss is not finite ({loss}); {kept}; "
+        "train again with a lower --lr",
+        exit_code=1,
+    )
 
 
 def is_exact(row: dict, test_images: int) -> bool:

@@ -223,9 +223,9 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
         loss_sum += loss.detach().double() * len(indices)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(indices)
-        if (step + 1) % report_every == 0 or step + 1 == steps:
-            rate = seen * ranks.world / (time.perf_counter() - started)
-            events.step(step + 1, loss_sum.item() / seen, correct.item() / seen, rate)
+        if (step + 1) % report_every == 0 or step + 1 == steps:  # a non-finite loss stops the run here
+            running_loss, rate = scoring.finite_loss(loss_sum.item() / seen, epoch, step), seen * ranks.world
+            events.step(step + 1, running_loss, correct.item() / seen, rate / (time.perf_counter() - started))
     if learner.lookahead and epoch == schedule.epochs - 1:
         learner.lookahead.update(1.0)  # end on the average (airbench)
     seconds = time.perf_counter() - started

@@ -77,8 +77,8 @@ def test_metrics_agree_with_the_predictions(trained_run, dataset, tmp_path):
     for index, row in enumerate(result.per_class):
         assert row["support"] == int(expected[index].sum())
         assert row["recall"] == pytest.approx(expected[index, index] / expected[index].sum(), abs=1e-4)
-    written = write_outputs(result, tmp_path / "eval", dataset.train.images)
-    assert json.loads(written[0].read_text())["confusion"] == result.confusion
+    written, skipped = write_outputs(result, tmp_path / "eval", dataset.train.images)
+    assert json.loads(written[0].read_text())["confusion"] == result.confusion and not skipped
     names = ["metrics.json", "confusion.png", "per_class_accuracy.png", "reliability.png", "mistakes.png"]
     assert [path.name for path in written] == names
     for picture in written[1:]:
@@ -109,7 +109,7 @@ def test_most_confident_mistakes_are_the_models_own_and_ranked(trained_run, data
         assert mistake["confidence"] == pytest.approx(confidence[i], abs=1e-5)
     unlisted = set(np.flatnonzero(predicted != moved.labels)) - {m["index"] for m in mistakes}
     assert max(confidence[list(unlisted)]) <= mistakes[-1]["confidence"] + 1e-5
-    written = write_outputs(result, tmp_path / "eval", moved.images)
+    written, _ = write_outputs(result, tmp_path / "eval", moved.images)
     with Image.open(written[4]) as gallery:
         assert gallery.size[0] > 500 and gallery.size[1] > 5 * 200  # a 5 x 5 grid of images
     assert json.loads(written[0].read_text())["confident_mistakes"] == mistakes
@@ -183,21 +183,26 @@ print(logits.shape)
     assert completed.stdout.strip() == "(16, 3)"
 
 
-def test_failed_parity_check_keeps_what_the_user_had(trained_run, tmp_path):
+def test_failed_parity_check_keeps_what_the_user_had(trained_run, tmp_path, monkeypatch):
     import torch
 
+    from cifarcli import export
     from cifarcli.checkpoint import build_model, load_checkpoint, save_checkpoint
 
-    saved = load_checkpoint(trained_run.run_dir / "last.pt")
-    model = build_model(saved["info"], saved["model"])
-    with torch.no_grad():
-        model[-1].weight[0, 0] = float("nan")  # NaN logits can never match
-    save_checkpoint(tmp_path / "broken.pt", model, saved["info"])
     target = tmp_path / "out" / "model.onnx"
     target.parent.mkdir()
     target.write_bytes(b"the user's earlier file")
-    with pytest.raises(CifarError, match="differs from PyTorch"):
-        export_checkpoint(tmp_path / "broken.pt", target)
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "MAX_ABS_DIFF", -1.0)  # no export can pass: what does a failed check leave?
+        with pytest.raises(CifarError, match="differs from PyTorch"):
+            export_checkpoint(trained_run.run_dir / "last.pt", target)
+    saved = load_checkpoint(trained_run.run_dir / "last.pt")
+    model = build_model(saved["info"], saved["model"])
+    with torch.no_grad():
+        model[-1].weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", model, saved["info"])
+    with pytest.raises(CifarError, match="weights are not finite"):
+        export_checkpoint(tmp_path / "nan.pt", target)
     assert target.read_bytes() == b"the user's earlier file"
     assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]
     with pytest.raises(CifarError, match=r"--opset 99"):

@@ -4,6 +4,7 @@ documented exit codes, and no torch anywhere on the path."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +250,7 @@ def test_resume_drops_a_row_cut_short_and_writes_nothing_twice(image_folder, exp
     assert runner.invoke(app, [*command, str(whole)]).exit_code == 0
     text = whole.read_text()
     cut.write_text(text[: text.index("\n", len(text) // 2) + 20])  # half the rows and part of one more
+    shutil.copy(tmp_path / "whole.jsonl.run.json", tmp_path / "cut.jsonl.run.json")  # what a first run leaves
     assert runner.invoke(app, [*command, str(cut), "--resume"]).exit_code == 0
     assert cut.read_text() == text
     again = runner.invoke(app, [*command, str(cut), "--resume", "--json"])  # nothing left to do
