@@ -8,11 +8,10 @@ import gc
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from cifarcli import __version__
+from cifarcli import options as opt
 from cifarcli.errors import CifarError, check_finite, first_line
 
 app = typer.Typer(
@@ -22,38 +21,10 @@ app = typer.Typer(
 )
 
 
-def complete_model_name(incomplete: str) -> list[str]:
-    """Shell completion of --model (`cifar --install-completion`); the registry imports no torch."""
-    from cifarcli.models import REGISTRY
-
-    return [name for name in REGISTRY if name.startswith(incomplete)]
-
-
-DataOption = Annotated[
-    str | None,
-    typer.Option(
-        "--data",
-        help="CIFAR-10 archive or batches folder, an image folder with train/ and test/, or a .tar.gz/.zip of one. "
-        "Default: download CIFAR-10.",
-    ),
-]
-CacheOption = Annotated[
-    Path | None,
-    typer.Option("--cache-dir", help="Where downloads and decoded pixels are cached. Default: ~/.cache/cifarcli."),
-]
-ValFractionOption = Annotated[
-    float | None,
-    typer.Option(
-        help="For a folder of class folders (ROOT/<class>/*): the fraction of each class held out as its test "
-        "split. Default: 0.1 for training; evaluation uses the model's."
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else there.")]
-
-
 # What the extras add to the inference-only install (predict, evaluate .onnx): package -> extra.
 OPTIONAL_PACKAGES = {
     "torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "plots",
+    "tensorboard": "tensorboard", "mlflow": "mlflow",
 }  # fmt: skip
 
 
@@ -74,18 +45,8 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
-def version_callback(value: bool):
-    if value:
-        typer.echo(f"cifarcli {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
-def root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit.")
-    ] = False,
-):
+def root(version: opt.Version = False):
     """cifarcli"""
 
 
@@ -108,7 +69,7 @@ def load_data(data, size, cache_dir, val_fraction=None):
 
 
 @app.command("models")
-def models_command(as_json: JsonOption = False):
+def models_command(as_json: opt.Json = False):
     """List the models: parameters, FLOPs per image and description."""
     from cifarcli import report
     from cifarcli.models import REGISTRY, describe_model
@@ -125,50 +86,24 @@ def models_command(as_json: JsonOption = False):
 
 @app.command("train")
 def train_command(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Model name (see `cifar models`). Default: airbench-cpu.",
-            autocompletion=complete_model_name,
-        ),
-    ] = None,
-    data: DataOption = None,
-    val_fraction: ValFractionOption = None,
-    epochs: Annotated[float | None, typer.Option(help="Override the recipe's epochs.", min=0.01)] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Override the recipe's batch size (global, over all processes).", min=1)
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Override the recipe's peak learning rate.", min=0)] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    tta: Annotated[
-        int | None, typer.Option(help="Test-time augmentation level 0-2 for the final figure.", min=0, max=2)
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            help="Training steps in auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it natively, "
-            "fp16 on older GPUs, else fp32). Accuracy is always scored in fp32."
-        ),
-    ] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Override any recipe field, FIELD=VALUE (the fields are config.json's recipe), e.g. "
-            "--set label_smoothing=0.1 --set crops=16:2,24:3. Repeatable.",
-        ),
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Run name: <out>/<name>, numbered if taken. Default: exp.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Parent folder of run folders. Default: runs/train.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue a run from its folder (or its last.pt); needs no other option.")
-    ] = None,
-    nproc: Annotated[int, typer.Option(help="Train with N processes here (runs torchrun; see README).", min=1)] = 1,
-    cache_dir: CacheOption = None,
-    as_json: JsonOption = False,
+    model: opt.ModelName = None,
+    data: opt.Data = None,
+    val_fraction: opt.ValFraction = None,
+    epochs: opt.Epochs = None,
+    batch_size: opt.TrainBatch = None,
+    lr: opt.LearningRate = None,
+    seed: opt.Seed = None,
+    tta: opt.TtaLevel = None,
+    precision: opt.Precision = None,
+    settings: opt.Settings = None,
+    name: opt.RunName = None,
+    out: opt.RunsFolder = None,
+    device: opt.Device = "auto",
+    resume: opt.Resume = None,
+    nproc: opt.Processes = 1,
+    log: opt.Trackers = None,
+    cache_dir: opt.CacheDir = None,
+    as_json: opt.Json = False,
 ):
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
     from cifarcli import report, stops
@@ -176,6 +111,7 @@ def train_command(
     from cifarcli.models import DEFAULT_MODEL, get_model_entry, parse_recipe_settings
     from cifarcli.run import prepare_run, take_run_folder
     from cifarcli.run_folder import LAST, open_resumable
+    from cifarcli.tracking import Together, end_all, open_trackers
     from cifarcli.train import train
 
     display = report.TrainDisplay()
@@ -201,14 +137,21 @@ def train_command(
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
         context = context if resumed else take_run_folder(context, out or Path("runs/train"), name or "exp")
-        result = None
+        trackers, result = open_trackers(log or [], context.folder), None
         try:
-            result = train(dataset, model, recipe, context, display, resumed)
+            result = train(dataset, model, recipe, context, Together(display, *trackers), resumed)
+            for tracker in trackers:
+                tracker.finish(result, dataset)
+            end_all(trackers, "FINISHED")
         except (KeyboardInterrupt, stops.Stopped) as stop:
             display.close()
+            end_all(trackers, "KILLED")
             hint = f"resume with: cifar train --resume {context.folder.path}"
             report.note(f"interrupted; {hint if context.folder.file(LAST).exists() else 'no epoch had completed'}")
             raise typer.Exit(stops.exit_code(stop)) from None
+        except BaseException:
+            end_all(trackers, "FAILED")
+            raise
         finally:
             display.close()
             shutdown(context.ranks, finished=result is not None)
@@ -225,18 +168,17 @@ def train_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model: Annotated[Path, typer.Argument(help="A .pt checkpoint or an .onnx model from `cifar export`.")],
-    data: DataOption = None,
-    val_fraction: ValFractionOption = None,
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
-    tta: Annotated[
-        bool, typer.Option("--tta/--no-tta", help="Test-time augmentation at the model recipe's level.")
-    ] = False,
-    # classifier.EVAL_BATCH, written out so that --help imports no numpy
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 100,
-    out: Annotated[Path | None, typer.Option(help="Write metrics.json and confusion.png here.")] = None,
-    cache_dir: CacheOption = None,
-    as_json: JsonOption = False,
+    model: opt.ModelFile,
+    data: opt.Data = None,
+    val_fraction: opt.ValFraction = None,
+    split: opt.Split = "test",
+    tta: opt.Tta = False,
+    batch_size: opt.EvaluateBatch = 100,
+    out: opt.EvaluateOut = None,
+    log: opt.EvaluateLog = None,
+    run_id: opt.RunId = None,
+    cache_dir: opt.CacheDir = None,
+    as_json: opt.Json = False,
 ):
     """Accuracy, loss, per-class metrics and a confusion matrix on a data split."""
     from cifarcli import report
@@ -252,6 +194,13 @@ def evaluate_command(
         with report.progress_callback() as on_progress:
             evaluation = evaluate(classifier, dataset, split, level, batch_size, on_progress)
         written, skipped = write_outputs(evaluation, out, dataset.split(split).images) if out else ([], [])
+        if log is not None:
+            if log != "mlflow":
+                raise CifarError(f"--log {log}: an evaluation attaches to an MLflow run; use --log mlflow")
+            from cifarcli.tracking import log_evaluation
+
+            pictures = [path for path in written if path.suffix == ".png"]
+            report.note(f"logged to MLflow run {log_evaluation(evaluation, run_id, model, pictures)}")
     report.show_evaluation_notes(evaluation, skipped)
     if as_json:
         report.print_json(evaluation.to_dict())
@@ -264,32 +213,16 @@ def evaluate_command(
 
 @app.command("export")
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pt checkpoint from `cifar train`.")],
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="The .onnx file. Default: beside the checkpoint.")
-    ] = None,
-    opset: Annotated[
-        int | None,
-        typer.Option(
-            help="ONNX opset: 18 up to the newest torch and ONNX Runtime support. Default: 20, the most portable.",
-            min=18,
-        ),
-    ] = None,
-    data: DataOption = None,
-    int8: Annotated[
-        bool, typer.Option("--int8", help="Also write <name>.int8.onnx, statically quantized (needs --data).")
-    ] = False,
-    calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate --int8.", min=1)] = 300,
-    int8_max_loss: Annotated[
-        float,
-        typer.Option(
-            help="Refuse an --int8 model whose test accuracy is more than this below fp32's (0.01: one point).",
-            min=0,
-        ),
-    ] = 0.01,
-    speed: Annotated[bool, typer.Option("--speed", help="Also time ONNX Runtime on the exported files.")] = False,
-    cache_dir: CacheOption = None,
-    as_json: JsonOption = False,
+    checkpoint: opt.Checkpoint,
+    output: opt.OnnxOutput = None,
+    opset: opt.Opset = None,
+    data: opt.Data = None,
+    int8: opt.Int8 = False,
+    calibration_images: opt.CalibrationImages = 300,
+    int8_max_loss: opt.Int8MaxLoss = 0.01,
+    speed: opt.Speed = False,
+    cache_dir: opt.CacheDir = None,
+    as_json: opt.Json = False,
 ):
     """Export to one self-describing .onnx file and prove it equals PyTorch."""
     from cifarcli import report
@@ -316,36 +249,17 @@ EXIT_SOME_FAILED = 3
 
 @app.command("predict")
 def predict_command(
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model", "-m", help="An .onnx model, or default / default.int8. Default: the bundled CIFAR-10 model."
-        ),
-    ] = None,
-    # predict.PREDICT_BATCH, written out so that --help imports no numpy
-    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call, per worker.", min=1)] = 64,
-    top_k: Annotated[int, typer.Option(help="Also list the k most likely classes.", min=1)] = 1,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write rows to a .csv, .json or .jsonl file.")
-    ] = None,
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")] = True,
-    threads: Annotated[
-        int, typer.Option(help="Worker threads, each decoding whole batches; 0: one per core.", min=0)
-    ] = 0,
-    min_confidence: Annotated[
-        float, typer.Option(help="Label an image 'unsure' when its top class's confidence is below this.", min=0, max=1)
-    ] = 0.0,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run: skip the files already in --output.")
-    ] = False,
-    bundled: Annotated[
-        str | None,
-        typer.Option(
-            help="Without --model: the bundled model in fp32 or int8. Default: int8 on x86 CPUs with int8 instructions."
-        ),
-    ] = None,
-    as_json: JsonOption = False,
+    paths: opt.Paths,
+    model: opt.OnnxModel = None,
+    batch_size: opt.PredictBatch = 64,
+    top_k: opt.TopK = 1,
+    output: opt.Rows = None,
+    recursive: opt.Recursive = True,
+    threads: opt.Threads = 0,
+    min_confidence: opt.MinConfidence = 0.0,
+    resume: opt.ResumeRows = False,
+    bundled: opt.Bundled = None,
+    as_json: opt.Json = False,
 ):
     """Classify images with an ONNX model. Exit 0: all predicted; 3: some files failed; 2: usage errors."""
     from cifarcli import report, stops

@@ -19,6 +19,8 @@ from cifarcli.errors import CifarError
 
 LAST, BEST = "last.pt", "best.pt"
 HISTORY, CURVES, CONFIG = "history.csv", "curves.png", "config.json"
+CONFUSION = "confusion.png"  # the final weights' confusion matrix, drawn for the trackers (--log)
+TRACKING = "tracking.json"  # what the trackers need to continue: the MLflow run's id
 HELD_OUT = "held_out.txt"  # a class-folder source's test files, one path inside the source a line
 HISTORY_FIELDS = [
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_images", "scored_in", "lr", "seconds",
@@ -55,7 +57,7 @@ class RunFolder:
 
     def written(self) -> list[str]:
         """The names of the files a run has written, in the order a user reads about them."""
-        names = (BEST, LAST, HISTORY, CURVES, CONFIG, HELD_OUT)
+        names = (BEST, LAST, HISTORY, CURVES, CONFIG, HELD_OUT, CONFUSION, TRACKING)
         return [name for name in names if self.file(name).exists()]
 
     def write_config(self, config: dict) -> None:
@@ -92,6 +94,15 @@ class RunFolder:
             axes.grid(alpha=0.3)
             axes.legend()
         save_figure(figure, self.file(CURVES))
+
+    def read_tracking(self) -> dict:
+        try:
+            return json.loads(self.file(TRACKING).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_tracking(self, values: dict) -> None:
+        self._write(TRACKING, (json.dumps(values, indent=2) + "\n").encode())
 
     def read_history(self) -> list[dict]:
         parse = {"epoch": int, "test_images": int, "scored_in": str}

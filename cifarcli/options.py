@@ -1,0 +1,171 @@
+"""The command line's options, declared once as Annotated types that cli.py's commands use.
+
+Only typer is imported here, so that `cifar --help` answers at once. Defaults written out
+(batch sizes) must equal the library's constants; a test checks them.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def complete_model_name(incomplete: str) -> list[str]:
+    """Shell completion of --model (`cifar --install-completion`); the registry imports no torch."""
+    from cifarcli.models import REGISTRY
+
+    return [name for name in REGISTRY if name.startswith(incomplete)]
+
+
+# ---------------------------------------------------------------- shared
+
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="CIFAR-10 archive or batches folder, an image folder with train/ and test/ or class folders, or a "
+        ".tar.gz/.zip of one. Default: download CIFAR-10.",
+    ),
+]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Where downloads and decoded pixels are cached. Default: ~/.cache/cifarcli."),
+]
+ValFraction = Annotated[
+    float | None,
+    typer.Option(
+        help="For a folder of class folders (ROOT/<class>/*): the fraction of each class held out as its test "
+        "split. Default: 0.1 for training; evaluation uses the model's."
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else there.")]
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from cifarcli import __version__
+
+        typer.echo(f"cifarcli {__version__}")
+        raise typer.Exit()
+
+
+Version = Annotated[
+    bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit.")
+]
+
+# ---------------------------------------------------------------- cifar train
+
+ModelName = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name (see `cifar models`). Default: airbench-cpu.",
+        autocompletion=complete_model_name,
+    ),
+]
+Epochs = Annotated[float | None, typer.Option(help="Override the recipe's epochs.", min=0.01)]
+TrainBatch = Annotated[
+    int | None, typer.Option(help="Override the recipe's batch size (global, over all processes).", min=1)
+]
+LearningRate = Annotated[float | None, typer.Option(help="Override the recipe's peak learning rate.", min=0)]
+Seed = Annotated[int | None, typer.Option(help="Random seed.")]
+TtaLevel = Annotated[
+    int | None, typer.Option(help="Test-time augmentation level 0-2 for the final figure.", min=0, max=2)
+]
+Precision = Annotated[
+    str | None,
+    typer.Option(
+        help="Training steps in auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it natively, fp16 on "
+        "older GPUs, else fp32). Accuracy is always scored in fp32."
+    ),
+]
+Settings = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override any recipe field, FIELD=VALUE (the fields are config.json's recipe), e.g. --set "
+        "label_smoothing=0.1 --set crops=16:2,24:3. Repeatable.",
+    ),
+]
+RunName = Annotated[str | None, typer.Option(help="Run name: <out>/<name>, numbered if taken. Default: exp.")]
+RunsFolder = Annotated[Path | None, typer.Option(help="Parent folder of run folders. Default: runs/train.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+Resume = Annotated[
+    Path | None, typer.Option(help="Continue a run from its folder (or its last.pt); needs no other option.")
+]
+Processes = Annotated[int, typer.Option(help="Train with N processes here (runs torchrun; see README).", min=1)]
+Trackers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log", help="Also track the run in tensorboard or mlflow (cifarcli[tensorboard], [mlflow]). Repeatable."
+    ),
+]
+
+# ---------------------------------------------------------------- cifar evaluate
+
+ModelFile = Annotated[
+    Path, typer.Argument(help="A .pt checkpoint, an .onnx export, or default / default.int8 (the bundled models).")
+]
+Split = Annotated[str, typer.Option(help="train or test.")]
+Tta = Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation at the model recipe's level.")]
+EvaluateBatch = Annotated[int, typer.Option(help="Images per forward pass.", min=1)]  # classifier.EVAL_BATCH: 100
+EvaluateOut = Annotated[Path | None, typer.Option(help="Write metrics.json and the pictures here.")]
+EvaluateLog = Annotated[
+    str | None, typer.Option("--log", help="mlflow: attach the metrics and pictures to an MLflow run (--run-id).")
+]
+RunId = Annotated[
+    str | None,
+    typer.Option(help="The MLflow run for --log mlflow. Default: the one the checkpoint's run folder records."),
+]
+
+# ---------------------------------------------------------------- cifar export
+
+Checkpoint = Annotated[Path, typer.Argument(help="A .pt checkpoint from `cifar train`.")]
+OnnxOutput = Annotated[
+    Path | None, typer.Option("--output", "-o", help="The .onnx file. Default: beside the checkpoint.")
+]
+Opset = Annotated[
+    int | None,
+    typer.Option(
+        help="ONNX opset: 18 up to the newest torch and ONNX Runtime support. Default: 20, the most portable.", min=18
+    ),
+]
+Int8 = Annotated[bool, typer.Option("--int8", help="Also write <name>.int8.onnx, statically quantized (needs --data).")]
+CalibrationImages = Annotated[int, typer.Option(help="Training images used to calibrate --int8.", min=1)]
+Int8MaxLoss = Annotated[
+    float,
+    typer.Option(
+        help="Refuse an --int8 model whose test accuracy is more than this below fp32's (0.01: one point).", min=0
+    ),
+]
+Speed = Annotated[bool, typer.Option("--speed", help="Also time ONNX Runtime on the exported files.")]
+
+# ---------------------------------------------------------------- cifar predict
+
+Paths = Annotated[list[str], typer.Argument(help="Image files, folders or globs.")]
+OnnxModel = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", "-m", help="An .onnx model, or default / default.int8. Default: the bundled CIFAR-10 model."
+    ),
+]
+PredictBatch = Annotated[
+    int, typer.Option(help="Images per ONNX Runtime call, per worker.", min=1)
+]  # predict.PREDICT_BATCH
+TopK = Annotated[int, typer.Option(help="Also list the k most likely classes.", min=1)]
+Rows = Annotated[Path | None, typer.Option("--output", "-o", help="Write rows to a .csv, .json or .jsonl file.")]
+Recursive = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")]
+Threads = Annotated[int, typer.Option(help="Worker threads, each decoding whole batches; 0: one per core.", min=0)]
+MinConfidence = Annotated[
+    float, typer.Option(help="Label an image 'unsure' when its top class's confidence is below this.", min=0, max=1)
+]
+ResumeRows = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run: skip the files already in --output.")
+]
+Bundled = Annotated[
+    str | None,
+    typer.Option(
+        help="Without --model: the bundled model in fp32 or int8. Default: int8 on x86 CPUs with int8 instructions."
+    ),
+]
