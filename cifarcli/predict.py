@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cifarcli import images
 from cifarcli.classifier import softmax
 from cifarcli.errors import CifarError, ImageDecodeError
 from cifarcli.hardware import cpu_int8_instructions
@@ -36,10 +37,11 @@ DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
 PREDICT_BATCH = 64
 UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
 GLOB_CHARACTERS = set("*?[")
-# Files smaller than this are decoded one at a time. Their decoding is mostly Python (Pillow's
-# header parsing) rather than libjpeg, and two threads running that Python at once hand the GIL
-# back and forth at every read; larger files decode beside each other, libjpeg running without
-# the GIL. The two costs are even at about this size (docs/decisions.md).
+# Small files that Pillow decodes are decoded one at a time. Their decoding is mostly Python
+# (Pillow's header parsing) rather than the codec, and two threads running that Python at once
+# hand the GIL back and forth at every read; larger files, and the JPEGs that libjpeg-turbo
+# decodes directly (images.decode_jpeg_quickly), decode beside each other without the GIL. The
+# two costs are even at about this size (docs/decisions.md).
 ONE_AT_A_TIME_BELOW_BYTES = 8192
 SMALL_FILE_DECODING = threading.Lock()
 
@@ -151,9 +153,10 @@ def discover_images(paths: Iterable[str], recursive: bool = True) -> list[str]:
 
 
 def decode_file(path: str, size: int) -> np.ndarray:
-    """decode_image, small files one thread at a time (see ONE_AT_A_TIME_BELOW_BYTES)."""
+    """decode_image, small files that Pillow decodes one thread at a time (ONE_AT_A_TIME_BELOW_BYTES)."""
+    direct = images.simplejpeg is not None and path.lower().endswith((".jpg", ".jpeg"))
     try:
-        small = os.stat(path).st_size < ONE_AT_A_TIME_BELOW_BYTES
+        small = not direct and os.stat(path).st_size < ONE_AT_A_TIME_BELOW_BYTES
     except OSError:
         small = False  # decode_image reports what is wrong with it
     with SMALL_FILE_DECODING if small else contextlib.nullcontext():

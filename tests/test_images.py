@@ -84,3 +84,24 @@ def test_damaged_real_images_give_pixels_or_our_error(noise, position):
     except ImageDecodeError:
         return
     assert pixels.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "grey", "444"])
+def test_jpegs_decoded_by_libjpeg_turbo_directly_give_pillows_pixels(orientation, kind, tmp_path, monkeypatch):
+    from cifarcli import images
+
+    rng = np.random.default_rng(orientation)
+    picture = Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)).resize((390, 270))
+    picture = picture.convert("L") if kind == "grey" else picture
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    options = {"progressive": kind == "progressive", "subsampling": 0 if kind == "444" else 2}
+    picture.save(tmp_path / "photo.jpg", quality=90, exif=exif, **options)
+    data = (tmp_path / "photo.jpg").read_bytes()
+    assert images.exif_orientation(data) == orientation
+    for size in (32, 64):
+        direct = images.decode_image(data, size)
+        with monkeypatch.context() as patch:
+            patch.setattr(images, "simplejpeg", None)  # Pillow alone, as where simplejpeg is not installed
+            np.testing.assert_array_equal(direct, images.decode_image(data, size))
