@@ -154,7 +154,7 @@ def discover_images(paths: Iterable[str], recursive: bool = True) -> list[str]:
 
 def decode_file(path: str, size: int) -> np.ndarray:
     """decode_image, small files that Pillow decodes one thread at a time (ONE_AT_A_TIME_BELOW_BYTES)."""
-    direct = images.simplejpeg is not None and path.lower().endswith((".jpg", ".jpeg"))
+    direct = images.simplejpeg is not None and str(path).lower().endswith((".jpg", ".jpeg"))
     try:
         small = not direct and os.stat(path).st_size < ONE_AT_A_TIME_BELOW_BYTES
     except OSError:
