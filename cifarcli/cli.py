@@ -259,6 +259,9 @@ def predict_command(
     min_confidence: opt.MinConfidence = 0.0,
     resume: opt.ResumeRows = False,
     bundled: opt.Bundled = None,
+    cluster: opt.Cluster = None,
+    storage_options: opt.StorageOptions = None,
+    shard: opt.Shard = None,
     as_json: opt.Json = False,
 ):
     """Classify images with an ONNX model. Exit 0: all predicted; 3: some files failed; 2: usage errors."""
@@ -266,16 +269,18 @@ def predict_command(
     from cifarcli.hardware import cores
     from cifarcli.predict import Summary, prepare_predictions, run_predictions
     from cifarcli.rows import row_to_dict
+    from cifarcli.sources import parse_shard, parse_storage_options
 
     with user_errors():
         check_finite(min_confidence=min_confidence)
-        run = prepare_predictions(paths, model, bundled, output, top_k, min_confidence, resume, recursive)
+        sources = {"storage_options": parse_storage_options(storage_options), "shard": parse_shard(shard)}
+        run = prepare_predictions(paths, model, bundled, output, top_k, min_confidence, resume, recursive, **sources)
         for message in run.notes:
             report.note(message)
         summary = Summary(keep_all=as_json)
         try:
             with report.PredictDisplay(len(run.files)) as display, stops.stop_on_sigterm():
-                run_predictions(run, summary, display.advance, batch_size, threads or cores())
+                run_predictions(run, summary, display.advance, batch_size, threads or cores(), cluster)
         except (KeyboardInterrupt, stops.Stopped) as stop:
             report.note(run.interrupted_hint(summary, sys.argv[1:]))
             raise typer.Exit(stops.exit_code(stop)) from None

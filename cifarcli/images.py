@@ -144,13 +144,14 @@ def decode_jpeg_quickly(data: bytes, size: int) -> "np.ndarray | None":
     return np.asarray(fit_to_square(image.transpose(turn) if turn is not None else image, size), dtype=np.uint8)
 
 
-def decode_image(source: "str | Path | bytes", size: int) -> np.ndarray:
-    """Decode one image (a path or its bytes) to a (size, size, 3) uint8 RGB array: JPEGs through
-    libjpeg-turbo directly where it can, everything else through Pillow.
+def decode_image(source: "str | Path | bytes", size: int, name: "str | None" = None) -> np.ndarray:
+    """Decode one image (a path, or its bytes and the name messages give it) to a (size, size, 3)
+    uint8 RGB array: JPEGs through libjpeg-turbo directly where it can, everything else through
+    Pillow.
 
     Raises ImageDecodeError, and nothing else, for any file that is not a usable image.
     """
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     data = source if isinstance(source, bytes) else read_regular_file(source)
     if not data:
         raise ImageDecodeError(f"{name}: not a readable image (an empty file)")

@@ -169,3 +169,12 @@ Bundled = Annotated[
         help="Without --model: the bundled model in fp32 or int8. Default: int8 on x86 CPUs with int8 instructions."
     ),
 ]
+Cluster = Annotated[
+    str | None, typer.Option(help="Predict on a Dask cluster: its scheduler's address, e.g. tcp://host:8786.")
+]
+StorageOptions = Annotated[
+    str | None, typer.Option(help="JSON options of the sources' fsspec file system, e.g. '{\"anon\": true}'.")
+]
+Shard = Annotated[
+    str | None, typer.Option(help="Only the I-th of N parts of the files found, I/N (0-based), for job arrays.")
+]

@@ -7,14 +7,12 @@ cannot be decoded becomes an error row; it never ends the batch.
 """
 
 import contextlib
-import glob
 import hashlib
-import os
 import shlex
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +23,12 @@ from cifarcli import images
 from cifarcli.classifier import softmax
 from cifarcli.errors import CifarError, ImageDecodeError
 from cifarcli.hardware import cpu_int8_instructions
-from cifarcli.images import decode_image, is_image_name
+from cifarcli.images import decode_image
 from cifarcli.onnx_model import BUNDLED_FOLDER
 from cifarcli.rows import Row, RowWriter
+from cifarcli.sources import FileSystem, discover_images, in_shard
+
+LOCAL = FileSystem()
 
 # The bundled CIFAR-10 model, in fp32 and static INT8 (built within 0.3 points of fp32).
 BUNDLED_MODELS = {"fp32": BUNDLED_FOLDER / "default.onnx", "int8": BUNDLED_FOLDER / "default.int8.onnx"}
@@ -36,7 +37,6 @@ DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
 # in far less memory (docs/decisions.md).
 PREDICT_BATCH = 64
 UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
-GLOB_CHARACTERS = set("*?[")
 # Small files that Pillow decodes are decoded one at a time. Their decoding is mostly Python
 # (Pillow's header parsing) rather than the codec, and two threads running that Python at once
 # hand the GIL back and forth at every read; larger files, and the JPEGs that libjpeg-turbo
@@ -96,85 +96,33 @@ class Summary:
         }
 
 
-# ---------------------------------------------------------------- finding the files
-
-
-def discover_images(paths: Iterable[str], recursive: bool = True) -> list[str]:
-    """Image files under the given files, folders and globs, in a stable order, each once.
-
-    Hidden files and folders and non-image names are skipped silently; symlinks are followed,
-    and a folder reached twice (a symlink loop) is walked once. The files are plain strings, not
-    Path objects, which keep cached parts: a fourth of the memory at a million files.
-    """
-    found, seen_files, seen_dirs = [], set(), set()
-
-    def add_file(path: str):
-        key = os.path.abspath(path)
-        if key not in seen_files:
-            seen_files.add(key)
-            found.append(path)
-
-    def walk(folder: str):
-        real = os.path.realpath(folder)
-        if real in seen_dirs:
-            return
-        seen_dirs.add(real)
-        try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if os.path.isdir(entry.path):
-                if recursive:
-                    walk(entry.path)
-            elif is_image_name(entry.name):
-                add_file(entry.path)  # broken links too: they become error rows
-
-    for given in paths:
-        matches = [given]
-        if not os.path.lexists(given) and GLOB_CHARACTERS & set(given):
-            matches = sorted(glob.glob(given, recursive=True))
-            if not matches:
-                raise CifarError(f"{given}: the pattern matches no files")
-        for path in matches:
-            if os.path.isdir(path):
-                walk(path)
-            elif os.path.lexists(path):
-                if is_image_name(os.path.basename(path)):
-                    add_file(path)
-            else:
-                raise CifarError(f"{path}: no such file or folder")
-    return found
-
-
 # ---------------------------------------------------------------- decoding and inference
 
 
-def decode_file(path: str, size: int) -> np.ndarray:
-    """decode_image, small files that Pillow decodes one thread at a time (ONE_AT_A_TIME_BELOW_BYTES)."""
-    direct = images.simplejpeg is not None and str(path).lower().endswith((".jpg", ".jpeg"))
-    try:
-        small = not direct and os.stat(path).st_size < ONE_AT_A_TIME_BELOW_BYTES
-    except OSError:
-        small = False  # decode_image reports what is wrong with it
-    with SMALL_FILE_DECODING if small else contextlib.nullcontext():
-        return decode_image(path, size)
+def decode(data: bytes, name: str, size: int) -> np.ndarray:
+    """decode_image of a file's bytes; small files that Pillow decodes, one thread at a time
+    (ONE_AT_A_TIME_BELOW_BYTES)."""
+    direct = images.simplejpeg is not None and data[:2] == b"\xff\xd8"
+    with SMALL_FILE_DECODING if len(data) < ONE_AT_A_TIME_BELOW_BYTES and not direct else contextlib.nullcontext():
+        return decode_image(data, size, name)
 
 
-def classify_batch(classifier, files: list[str], batch_size: int, top_k: int, min_confidence: float) -> list[Row]:
-    """Decode these files and classify those that decode, all on the calling thread: one row per
-    file, in order. The batch is padded to the next power of two (at most batch_size): ONNX
-    Runtime keeps memory for every new input shape it sees, so the shapes stay few."""
+def classify_batch(
+    classifier, files: list[str], batch_size: int, top_k: int, min_confidence: float, file_system=LOCAL
+) -> list[Row]:
+    """Read and decode these files and classify those that decode, all on the calling thread: one
+    row per file, in order. The batch is padded to the next power of two (at most batch_size):
+    ONNX Runtime keeps memory for every new input shape it sees, so the shapes stay few."""
     classes, size = classifier.info.classes, classifier.info.input_size
     rows, pixels = [], []
-    for path in files:
+    for path, data in zip(map(str, files), file_system.read(files), strict=True):
         try:
-            pixels.append(decode_file(path, size))
-            rows.append(Row(str(path)))
+            if isinstance(data, ImageDecodeError):
+                raise data
+            pixels.append(decode(data, path, size))
+            rows.append(Row(path))
         except ImageDecodeError as error:
-            rows.append(Row(str(path), error=str(error).removeprefix(f"{path}: ")))
+            rows.append(Row(path, error=str(error).removeprefix(f"{path}: ")))
     if not pixels:
         return rows
     batch = np.stack(pixels)
@@ -198,6 +146,7 @@ def predict_files(
     top_k: int = 1,
     workers: int = 1,
     min_confidence: float = 0,
+    file_system=LOCAL,
 ) -> Iterator[Row]:
     """Rows in the order of `files`, batch by batch.
 
@@ -215,7 +164,8 @@ def predict_files(
         in_flight: deque = deque()
         for start in range(0, len(files), per_batch):
             chunk = files[start : start + per_batch]
-            in_flight.append(pool.submit(classify_batch, classifier, chunk, batch_size, top_k, min_confidence))
+            work = (classifier, chunk, batch_size, top_k, min_confidence, file_system)
+            in_flight.append(pool.submit(classify_batch, *work))
             if len(in_flight) >= 2 * workers:
                 yield from in_flight.popleft().result()
         while in_flight:
@@ -229,6 +179,7 @@ class PredictionRun:
     model: Path
     classifier: object  # OnnxClassifier, one ONNX Runtime thread: the workers are the parallelism
     files: list[str]  # still to predict
+    file_system: FileSystem
     writer: "RowWriter | None"
     top_k: int
     min_confidence: float
@@ -244,11 +195,12 @@ class PredictionRun:
 
 def prepare_predictions(
     paths: list[str], model: "Path | None", bundled: "str | None", output: "Path | None", top_k: int,
-    min_confidence: float, resume: bool, recursive: bool,
+    min_confidence: float, resume: bool, recursive: bool, storage_options: "dict | None" = None,
+    shard: "tuple[int, int] | None" = None,
 ) -> PredictionRun:  # fmt: skip
-    """The model (the bundled one when none is given), the files found, and the output: a new
-    file, or with resume the same file continued, once it is shown to come from the same model
-    and options."""
+    """The model (the bundled one when none is given), the files found (the shard's only, with
+    --shard), and the output: a new file, or with resume the same file continued, once it is
+    shown to come from the same model and options."""
     from cifarcli.classifier import OnnxClassifier
     from cifarcli.onnx_model import bundled_or_path
 
@@ -265,9 +217,12 @@ def prepare_predictions(
     classes = len(classifier.info.classes)
     if top_k > classes:
         raise CifarError(f"--top-k {top_k}: the model has {classes} classes; choose at most {classes}")
-    files = discover_images(paths, recursive)
+    files, file_system = discover_images(paths, recursive, storage_options)
     if not files:
         raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")
+    if shard:
+        files = [path for path in files if in_shard(path, *shard)]
+        notes.append(f"shard {shard[0]}/{shard[1]}: {len(files):,} of the files found")
     if resume and not output:
         raise CifarError("--resume: give the --output file of the run to continue")
     provenance = {"model_sha256": file_sha256(model), "top_k": top_k, "min_confidence": min_confidence}
@@ -275,15 +230,23 @@ def prepare_predictions(
     if writer and writer.done:
         files = [path for path in files if path not in writer.done]
         notes.append(f"resuming: {len(writer.done):,} rows already in {output}, {len(files):,} files to go")
-    return PredictionRun(model, classifier, files, writer, top_k, min_confidence, notes)
+    return PredictionRun(model, classifier, files, file_system, writer, top_k, min_confidence, notes)
 
 
-def run_predictions(run: PredictionRun, summary: "Summary", on_row, batch_size: int, workers: int) -> "Summary":
-    """Predict the run's files, counting each row in `summary` and writing it as it comes;
-    on_row(summary) after each. The writer is closed however the loop ends, so every row written
-    so far stays in the file."""
+def run_predictions(
+    run: PredictionRun, summary: "Summary", on_row, batch_size: int, workers: int, cluster: "str | None" = None
+) -> "Summary":
+    """Predict the run's files, on this machine's `workers` threads or on the Dask cluster at
+    `cluster`, counting each row in `summary` and writing it as it comes; on_row(summary) after
+    each. The writer is closed however the loop ends, so every row written so far stays in the file."""
     started = time.perf_counter()
-    rows = predict_files(run.classifier, run.files, batch_size, run.top_k, workers, run.min_confidence)
+    work = (run.files, batch_size, run.top_k)
+    if cluster:
+        from cifarcli.cluster import cluster_rows
+
+        rows = cluster_rows(cluster, run.model.read_bytes(), *work, run.min_confidence, run.file_system)
+    else:
+        rows = predict_files(run.classifier, *work, workers, run.min_confidence, run.file_system)
     try:
         for row in rows:
             summary.add(row)

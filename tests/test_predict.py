@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from cifarcli.classifier import OnnxClassifier
 from cifarcli.cli import app
-from cifarcli.predict import discover_images, predict_files
+from cifarcli.predict import predict_files
+from cifarcli.sources import discover_images
 from tests.corpus import BAD, GOOD, make_corpus
 
 runner = CliRunner()
@@ -30,13 +31,13 @@ def corpus(tmp_path_factory):
 
 def test_discovery_finds_image_files_once_skipping_hidden_and_other_files(corpus):
     root, expected = corpus
-    discovered = discover_images([str(root)])
+    discovered = discover_images([str(root)])[0]
     assert all(type(path) is str for path in discovered)  # not Path objects: 4x the memory per file
     found = {os.path.relpath(path, root) for path in discovered}
     assert found == set(expected)  # the loop adds nothing, folder.jpg and notes.txt no rows
-    shallow = {os.path.basename(path) for path in discover_images([str(root)], recursive=False)}
+    shallow = {os.path.basename(path) for path in discover_images([str(root)], recursive=False)[0]}
     assert "nested.png" not in shallow and "plain.jpg" in shallow
-    globbed = discover_images([str(root / "*.png")])
+    globbed = discover_images([str(root / "*.png")])[0]
     top_level_pngs = {name for name in expected if name.endswith(".png") and "/" not in name}
     assert {os.path.basename(path) for path in globbed} == top_level_pngs
 
@@ -92,7 +93,7 @@ def test_predictions_match_the_model_on_the_same_images(image_folder, exported, 
 def test_workers_sharing_one_session_keep_file_order_and_report_bad_files_in_place(
     image_folder, exported, dataset, tmp_path
 ):
-    files = discover_images([str(image_folder / "test")])
+    files = discover_images([str(image_folder / "test")])[0]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     given = [*files[:13], broken, *files[13:]]
@@ -117,7 +118,7 @@ def test_json_output_is_a_valid_array_and_stdout_json_has_every_row(image_folder
 
 
 def test_rows_stream_batch_by_batch_in_file_order(image_folder, exported):
-    files = discover_images([str(image_folder / "train")])
+    files = discover_images([str(image_folder / "train")])[0]
     rows = predict_files(OnnxClassifier(exported), files, batch_size=16)
     first = [next(rows) for _ in range(16)]  # a generator: the first batch comes before the rest
     assert [row.path for row in first] == [str(f) for f in files[:16]]

@@ -1,0 +1,83 @@
+"""`cifar predict --cluster ADDRESS`: the same rows, computed on a Dask distributed cluster.
+
+The client (this process) lists the files and writes the rows; the workers read, decode and
+classify batches of paths (never pixels), each worker process with one ONNX Runtime session for
+the whole job: the model's bytes go to every worker once, and a process keeps the session it made
+from them. A bounded window of batches is in flight, so the client's memory stays flat at any
+number of files, and rows are written in the order of the files, as a local run writes them.
+A worker that dies loses nothing: the scheduler runs its batches again elsewhere, and the client
+takes each batch's rows once. The workers need cifarcli installed (`pip install 'cifarcli[dask]'`)
+and, for local paths, the same files at the same paths.
+"""
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Iterator
+
+from cifarcli.errors import CifarError, first_line
+
+BATCHES_PER_WORKER_THREAD = 4  # in flight: enough to keep every worker busy while results travel
+SESSIONS: dict = {}  # in a worker process: model hash -> OnnxClassifier, made once for the whole job
+SESSIONS_LOCK = threading.Lock()
+
+
+def connect(address: str):
+    try:
+        from distributed import Client
+    except ImportError:
+        raise CifarError("--cluster: needs Dask, which this install lacks; pip install 'cifarcli[dask]'") from None
+    try:
+        return Client(address, timeout="30s")
+    except (OSError, TimeoutError, ValueError) as error:
+        raise CifarError(f"--cluster {address}: no Dask scheduler answered ({first_line(error)})") from None
+
+
+def cluster_rows(
+    address: str, model_bytes: bytes, files: list[str], batch_size: int, top_k: int, min_confidence: float,
+    file_system,
+) -> Iterator:  # fmt: skip
+    """The rows of every file, in order, classified by the cluster's workers."""
+    from distributed import as_completed
+
+    client = connect(address)
+    try:
+        model = client.scatter(model_bytes, broadcast=True)
+        model_hash, job = hashlib.sha256(model_bytes).hexdigest(), uuid.uuid4().hex[:8]
+        batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+        window = max(1, BATCHES_PER_WORKER_THREAD * sum(client.nthreads().values()))
+        pending, finished, submitted, written = as_completed(), {}, 0, 0
+        numbers = {}
+
+        def submit(number: int) -> None:
+            work = (model, model_hash, batches[number], batch_size, top_k, min_confidence, file_system)
+            future = client.submit(classify_on_worker, *work, key=f"cifar-predict-{job}-{number}", pure=False)
+            numbers[future.key] = number
+            pending.add(future)
+
+        for number in range(min(window, len(batches))):
+            submit(number)
+        submitted = min(window, len(batches))
+        for future in pending:
+            finished[numbers.pop(future.key)] = future.result()
+            future.release()
+            while written in finished:
+                yield from finished.pop(written)
+                written += 1
+            if submitted < len(batches):
+                submit(submitted)
+                submitted += 1
+    finally:
+        client.close()
+
+
+def classify_on_worker(model_bytes, model_hash, files, batch_size, top_k, min_confidence, file_system) -> list:
+    """One batch on a worker: its process's ONNX Runtime session, made from the model's bytes the
+    first time, one intra-op thread (the worker's threads are the parallelism)."""
+    from cifarcli.classifier import OnnxClassifier
+    from cifarcli.predict import classify_batch
+
+    with SESSIONS_LOCK:
+        if model_hash not in SESSIONS:
+            SESSIONS[model_hash] = OnnxClassifier(model_bytes, threads=1, source=f"model {model_hash[:12]}")
+    return classify_batch(SESSIONS[model_hash], files, batch_size, top_k, min_confidence, file_system)
