@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from cifarcli.classifier import OnnxClassifier
 from cifarcli.data import load_dataset
 from cifarcli.evaluate import evaluate
-from cifarcli.predict import PREDICT_BATCH, choose_bundled_model, discover_images
+from cifarcli.predict import PREDICT_BATCH, choose_bundled_model
+from cifarcli.sources import discover_images
 
 
 def run_predict(paths: list, model: Path, threads: int, rows: Path) -> tuple[float, int]:
@@ -80,7 +81,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as temp:
         test = unpack_test_split(args.data, Path(temp) / "data")
-        files = discover_images([str(test)])
+        files = discover_images([str(test)])[0]
         images, decode_rate = decode_images(files, size, threads=1, batch_size=PREDICT_BATCH)
         ort_rate = inference_rate(classifier, images, batch_size=PREDICT_BATCH, workers=1)
         ceiling = args.threads / (1 / decode_rate + 1 / ort_rate)

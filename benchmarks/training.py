@@ -12,7 +12,10 @@ row with a `variant` is a candidate recipe, not the model's own.
 `--step-cost` prices recipes without training them: the real training steps of the model
 (augmentation, forward, backward, optimizers) on crops of each size, the sizes alternating
 round by round so that the host's drift falls on all of them alike; a recipe's cost is then
-the sum over its epochs of images x seconds per image at that epoch's size.
+the sum over its epochs of images x seconds per image at that epoch's size. Each size's row
+also gives the step's achieved GFLOP/s (three times the forward's multiply-adds, twice) beside
+a plain large matrix product's in the same precision on the same cores: how far the step is from
+what the machine can do.
 
 The machine must be otherwise idle. Rows go to benchmarks/results/training.jsonl.
 """
@@ -62,7 +65,7 @@ def step_cost_rows(args) -> None:
     """Milliseconds of a training step at each crop size, alternating sizes every round."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from cifarcli.data import load_dataset
-    from cifarcli.models import DEFAULT_MODEL, get_model_entry
+    from cifarcli.models import DEFAULT_MODEL, describe_model, get_model_entry
     from cifarcli.run import prepare_run, process_settings
     from cifarcli.train import SilentEvents, run_epoch, setup
 
@@ -81,10 +84,12 @@ def step_cost_rows(args) -> None:
                 run_epoch(trainings[size], 0, args.steps, SilentEvents())
                 if round_:
                     milliseconds[size].append((time.perf_counter() - started) * 1000 / args.steps)
-    batch_size = trainings[args.sizes[0]].batch_size
+        matmul = matmul_gflops(context.autocast_dtype)
+    batch_size = trainings[args.sizes[0]].schedule.batch_size
     command = "python benchmarks/training.py " + shlex.join(sys.argv[1:])
     for size in args.sizes:
         median = statistics.median(milliseconds[size])
+        step_gflop = 3 * describe_model(model, input_size=size)["gflops"] * batch_size
         figures = {
             "kind": "step",
             "code": code_version(),
@@ -94,9 +99,25 @@ def step_cost_rows(args) -> None:
             "size": size,
             "ms_per_step": round(median, 1),
             "images_per_s": round(batch_size / median * 1000),
+            "step_gflops_per_s": round(step_gflop / median * 1000),
+            "matmul_gflops_per_s": round(matmul),
             "every_round_ms": [round(ms, 1) for ms in milliseconds[size]],
         }
         append_result(SUITE, command, figures)
+
+
+def matmul_gflops(dtype, size: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a size x size matrix product in the training precision, the best of repeats."""
+    import torch
+
+    left, right = (torch.randn(size, size, dtype=dtype or torch.float32) for _ in range(2))
+    left @ right  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        left @ right
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
 
 
 def main() -> None:

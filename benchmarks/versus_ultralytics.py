@@ -45,7 +45,8 @@ from common import (
 
 sys.path.insert(0, str(ROOT))
 from cifarcli.classifier import OnnxClassifier
-from cifarcli.predict import choose_bundled_model, discover_images
+from cifarcli.predict import choose_bundled_model
+from cifarcli.sources import discover_images
 
 ULTRALYTICS_ENVIRONMENT = {**os.environ, "YOLO_OFFLINE": "1"}  # no update checks over a network we lack
 
@@ -77,7 +78,7 @@ def main() -> None:
             yolo_models[size] = temp / f"yolo{size}" / "yolo11n-cls.onnx"
 
         for name, folder in [("10,000 CIFAR test JPEGs (32 px)", test), (described, temp / "photos")]:
-            files = discover_images([str(folder)])
+            files = discover_images([str(folder)])[0]
             ours = [sys.executable, "-m", "cifarcli", "predict", str(folder), "-o", str(temp / "rows.csv")]
             commands = {"ours": ours}
             for size, yolo_model in yolo_models.items():
