@@ -171,8 +171,35 @@ def step_cost_table() -> list[str]:
         costs = step_costs(kind, model, precision)
         full = costs[max(costs)]
         cells = [f"{size} px: {ms:,.0f} ms ({ms / full:.2f})" for size, ms in sorted(costs.items())]
-        rows.append([f"`{model}`", f"{kind} ({precision})", latest(group)["batch_size"], "; ".join(cells)])
-    return table(["model", "machine", "batch", "ms per step by crop size (÷ whole images)"], rows)
+        newest = latest([row for row in group if row["size"] == max(costs)])
+        achieved = "—"
+        if newest.get("matmul_gflops_per_s"):
+            achieved = f"{newest['step_gflops_per_s']:,} of {newest['matmul_gflops_per_s']:,}"
+        rows.append([f"`{model}`", f"{kind} ({precision})", newest["batch_size"], "; ".join(cells), achieved])
+    header = ["model", "machine", "batch", "ms per step by crop size (÷ whole images)",
+              "GFLOP/s: whole-image step of a large matrix product"]  # fmt: skip
+    return table(header, rows)
+
+
+def scaling_table() -> list[str]:
+    """Per machine kind, the newest scaling run: threads against Dask worker processes."""
+    scaling = [row for row in load("predict") if row.get("kind") == "scaling"]
+    rows = []
+    for (kind,), group in sorted(by(scaling, "kind").items()):
+        newest = latest(group)
+        sitting = [row for row in group if row["commit"] == newest["commit"] and row["date"] == newest["date"]]
+        threads = {row["workers"]: row["images_per_s"] for row in sitting if row["mode"] == "threads"}
+        for row in sitting:
+            versus = row["images_per_s"] / threads[row["workers"]] if row["workers"] in threads else None
+            rates = [
+                number(row["images_per_s"]),
+                number(row["images_per_s_per_core"]),
+                f"{versus:.2f}" if versus else "—",
+            ]
+            same = "yes" if row.get("same_rows_as_threads") else "no"
+            rows.append([kind, row["date"], row["mode"], row["workers"], f"{row['files']:,}", *rates, same])
+    header = ["machine", "date", "how", "workers", "files", "images/s", "per core", "÷ threads", "same rows"]
+    return table(header, rows)
 
 
 def pair(row: dict, key: str, shown) -> str:
@@ -315,6 +342,12 @@ def benchmarks_page() -> str:
         "`yolo classify predict` on the CIFAR JPEGs and on photo-sized JPEGs, back to back.",
         "",
         *predict_table(),
+        "",
+        "How the whole command scales with workers on one machine: N threads of one process, against a Dask "
+        "cluster of N single-thread worker processes (a real scheduler and workers; the client and scheduler "
+        "share the cores), on the test JPEGs linked ten times (`predict.py --scaling`).",
+        "",
+        *scaling_table(),
         "",
         "## Where the files load",
         "",
