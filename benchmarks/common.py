@@ -59,8 +59,9 @@ def git(*arguments: str) -> str:
 
 
 def commit() -> str:
-    """The checked-out commit, with "+" when tracked files differ from it."""
-    return git("rev-parse", "--short=7", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    """The checked-out commit, with "+" when tracked files other than the results differ from it."""
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    return git("rev-parse", "--short=7", "HEAD") + ("+" if changed else "")
 
 
 def code_version() -> str:
