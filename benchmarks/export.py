@@ -35,7 +35,8 @@ def main() -> None:
     dataset = load_dataset(args.data)
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "cifarcli", "export", str(args.checkpoint), "-o", f"{folder}/model.onnx"]
-        command += ["--data", args.data, "--int8", "--calibration-images", str(args.calibration_images), "--json"]
+        command += ["--data", args.data, "--int8", "--calibration-images", str(args.calibration_images), "--speed"]
+        command += ["--json"]
         report = json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout)
         accuracy = {}
         for name, path in (("fp32", report["path"]), ("int8", report["int8"]["path"])):

@@ -3,10 +3,10 @@
 The client (this process) lists the files and writes the rows; the workers read, decode and
 classify batches of paths (never pixels), each worker process with one ONNX Runtime session for
 the whole job: the model's bytes go to every worker once, and a process keeps the session it made
-from them. A bounded window of batches is in flight, so the client's memory stays flat at any
+from them. A bounded window of tasks is in flight, so the client's memory stays flat at any
 number of files, and rows are written in the order of the files, as a local run writes them.
-A worker that dies loses nothing: the scheduler runs its batches again elsewhere, and the client
-takes each batch's rows once. The workers need cifarcli installed (`pip install 'cifarcli[dask]'`)
+A worker that dies loses nothing: the scheduler runs its tasks again elsewhere, and the client
+takes each task's rows once. The workers need cifarcli installed (`pip install 'cifarcli[dask]'`)
 and, for local paths, the same files at the same paths.
 """
 
@@ -17,7 +17,10 @@ from collections.abc import Iterator
 
 from cifarcli.errors import CifarError, first_line
 
-BATCHES_PER_WORKER_THREAD = 4  # in flight: enough to keep every worker busy while results travel
+# A task is several of the model's batches: the scheduler's and the client's work per task, which
+# shares the cores with the workers on a small cluster, then weighs less per file.
+BATCHES_PER_TASK = 8
+TASKS_PER_WORKER_THREAD = 3  # in flight: enough to keep every worker busy while results travel
 SESSIONS: dict = {}  # in a worker process: model hash -> OnnxClassifier, made once for the whole job
 SESSIONS_LOCK = threading.Lock()
 
@@ -44,27 +47,28 @@ def cluster_rows(
     try:
         model = client.scatter(model_bytes, broadcast=True)
         model_hash, job = hashlib.sha256(model_bytes).hexdigest(), uuid.uuid4().hex[:8]
-        batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
-        window = max(1, BATCHES_PER_WORKER_THREAD * sum(client.nthreads().values()))
+        per_task = batch_size * BATCHES_PER_TASK
+        tasks = [files[start : start + per_task] for start in range(0, len(files), per_task)]
+        window = max(1, TASKS_PER_WORKER_THREAD * sum(client.nthreads().values()))
         pending, finished, submitted, written = as_completed(), {}, 0, 0
         numbers = {}
 
         def submit(number: int) -> None:
-            work = (model, model_hash, batches[number], batch_size, top_k, min_confidence, file_system)
+            work = (model, model_hash, tasks[number], batch_size, top_k, min_confidence, file_system)
             future = client.submit(classify_on_worker, *work, key=f"cifar-predict-{job}-{number}", pure=False)
             numbers[future.key] = number
             pending.add(future)
 
-        for number in range(min(window, len(batches))):
+        for number in range(min(window, len(tasks))):
             submit(number)
-        submitted = min(window, len(batches))
+        submitted = min(window, len(tasks))
         for future in pending:
             finished[numbers.pop(future.key)] = future.result()
             future.release()
             while written in finished:
                 yield from finished.pop(written)
                 written += 1
-            if submitted < len(batches):
+            if submitted < len(tasks):
                 submit(submitted)
                 submitted += 1
     finally:
@@ -72,12 +76,17 @@ def cluster_rows(
 
 
 def classify_on_worker(model_bytes, model_hash, files, batch_size, top_k, min_confidence, file_system) -> list:
-    """One batch on a worker: its process's ONNX Runtime session, made from the model's bytes the
-    first time, one intra-op thread (the worker's threads are the parallelism)."""
+    """One task on a worker, batch_size files at a time: its process's ONNX Runtime session, made
+    from the model's bytes the first time, one intra-op thread (the worker's threads are the
+    parallelism)."""
     from cifarcli.classifier import OnnxClassifier
     from cifarcli.predict import classify_batch
 
     with SESSIONS_LOCK:
         if model_hash not in SESSIONS:
             SESSIONS[model_hash] = OnnxClassifier(model_bytes, threads=1, source=f"model {model_hash[:12]}")
-    return classify_batch(SESSIONS[model_hash], files, batch_size, top_k, min_confidence, file_system)
+    rows = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        rows += classify_batch(SESSIONS[model_hash], chunk, batch_size, top_k, min_confidence, file_system)
+    return rows
