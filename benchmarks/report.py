@@ -102,11 +102,12 @@ def training_groups() -> dict:
 
 def training_table() -> list[str]:
     header = ["model", "machine", "precision", "runs (seeds)", "test acc", "with TTA", "training s", "wall s",
-              "train s ÷ airbench94", "code, dates"]  # fmt: skip
+              "train s ÷ airbench94", "wall s ÷ airbench94", "code, dates"]  # fmt: skip
     rows = []
     for (model, kind, precision), runs in training_groups().items():
         seeds = sorted({run["seed"] for run in runs})
         ratios = [run["ratio"] for run in runs if run.get("ratio") is not None]
+        waits = [run["wall_s"] / run["airbench94_s"] for run in runs if run.get("airbench94_s") and run.get("wall_s")]
         dates = sorted({run["date"] for run in runs})
         rows.append([
             f"`{model}`", kind, precision, f"{len(runs)} ({', '.join(map(str, seeds))})",
@@ -114,6 +115,7 @@ def training_table() -> list[str]:
             mean_sd([run.get("train_s") for run in runs], as_percent=False),
             mean_sd([run.get("wall_s") for run in runs], as_percent=False),
             f"{statistics.mean(ratios):.2f} ({len(ratios)})" if ratios else "—",
+            f"{statistics.mean(waits):.2f} ({len(waits)})" if waits else "—",
             f"{runs[0]['code']}, {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else ""),
         ])  # fmt: skip
     return table(header, rows)
