@@ -189,9 +189,9 @@ def scaling_table() -> list[str]:
     rows = []
     for (kind,), group in sorted(by(scaling, "kind").items()):
         newest = latest(group)
-        sitting = [row for row in group if row["commit"] == newest["commit"] and row["date"] == newest["date"]]
-        threads = {row["workers"]: row["images_per_s"] for row in sitting if row["mode"] == "threads"}
-        for row in sitting:
+        same_run = [row for row in group if row["commit"] == newest["commit"] and row["date"] == newest["date"]]
+        threads = {row["workers"]: row["images_per_s"] for row in same_run if row["mode"] == "threads"}
+        for row in same_run:
             versus = row["images_per_s"] / threads[row["workers"]] if row["workers"] in threads else None
             rates = [
                 number(row["images_per_s"]),

@@ -105,3 +105,12 @@ def exported(trained_run, dataset, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("export") / "shapes.onnx"
     export_checkpoint(trained_run.run_dir / "last.pt", path, dataset=dataset)
     return path
+
+
+@pytest.fixture(scope="session")
+def noise_pngs(tmp_path_factory) -> Path:
+    """3,000 small PNGs of noise: enough rows that a kill or a Ctrl-C lands part way through a run."""
+    rng, root = np.random.default_rng(0), tmp_path_factory.mktemp("noise")
+    for index in range(3000):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{index:05d}.png")
+    return root

@@ -218,9 +218,9 @@ def test_predict_resume_with_another_model_or_top_k_is_refused(image_folder, exp
 # ---------------------------------------------------------------- stops and resumes
 
 
-def test_ctrl_c_during_predict_says_how_to_resume(exported, tmp_path, many_images_small):
+def test_ctrl_c_during_predict_says_how_to_resume(exported, tmp_path, noise_pngs):
     rows = tmp_path / "rows.jsonl"
-    command = [sys.executable, "-m", "cifarcli", "predict", many_images_small, "--model", exported, "--threads", "1",
+    command = [sys.executable, "-m", "cifarcli", "predict", noise_pngs, "--model", exported, "--threads", "1",
                "--batch-size", "1", "-o", rows]  # fmt: skip
     process = subprocess.Popen(list(map(str, command)), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -230,14 +230,6 @@ def test_ctrl_c_during_predict_says_how_to_resume(exported, tmp_path, many_image
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "--resume" in stderr.splitlines()[-1] and str(rows) in stderr.splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def many_images_small(tmp_path_factory) -> Path:
-    rng, root = np.random.default_rng(1), tmp_path_factory.mktemp("stoppable")
-    for index in range(1500):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{index:05d}.png")
-    return root
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(trained_run):

@@ -173,7 +173,6 @@ def test_bundled_default_model_is_used_when_no_model_is_given(tmp_path):
             pytest.fail(f"{bundled} is missing: run tools/build_default_model.py")
         assert bundled.stat().st_size <= 10_000_000
     image = tmp_path / "red.png"
-    from PIL import Image
 
     Image.fromarray(np.full((32, 32, 3), (200, 30, 30), np.uint8)).save(image)
     result = runner.invoke(app, ["predict", str(image), "--json"])
@@ -213,21 +212,12 @@ def test_min_confidence_labels_low_confidence_images_unsure_and_counts_them(imag
     assert f"({len(below):,} unsure)" in shown.stdout
 
 
-@pytest.fixture(scope="module")
-def many_images(tmp_path_factory) -> Path:
-    """3,000 small PNGs: enough rows that a kill lands part way through a one-thread run."""
-    rng, root = np.random.default_rng(0), tmp_path_factory.mktemp("many")
-    for index in range(3000):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{index:05d}.png")
-    return root
-
-
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_resume_after_kill_9_ends_with_the_uninterrupted_file(suffix, exported, many_images, tmp_path):
+def test_resume_after_kill_9_ends_with_the_uninterrupted_file(suffix, exported, noise_pngs, tmp_path):
     import signal
     import time
 
-    images = many_images
+    images = noise_pngs
     command = ["predict", str(images), "--model", str(exported), "--batch-size", "1", "--threads", "1", "--top-k", "2"]
     whole = tmp_path / f"whole{suffix}"
     assert runner.invoke(app, [*command, "--output", str(whole)]).exit_code == 0

@@ -12,9 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 
 def cifar(*arguments, env=None, timeout=300):
@@ -96,16 +94,7 @@ def test_s3_sources_give_the_rows_a_local_run_gives(s3_server, image_folder, exp
     assert missing.returncode == 2 and "s3://images/nothing-here" in missing.stderr
 
 
-@pytest.fixture(scope="module")
-def photos_to_predict(tmp_path_factory) -> Path:
-    """2,000 small PNGs: enough batches that a worker dies with some of them in hand."""
-    rng, root = np.random.default_rng(2), tmp_path_factory.mktemp("cluster")
-    for index in range(2000):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{index:05d}.png")
-    return root
-
-
-def test_a_dask_cluster_gives_the_local_rows_and_loses_none_when_a_worker_dies(photos_to_predict, exported, tmp_path):
+def test_a_dask_cluster_gives_the_local_rows_and_loses_none_when_a_worker_dies(noise_pngs, exported, tmp_path):
     pytest.importorskip("distributed")
     dask = shutil.which("dask", path=str(Path(sys.executable).parent)) or "dask"
     port = free_port()
@@ -123,9 +112,9 @@ def test_a_dask_cluster_gives_the_local_rows_and_loses_none_when_a_worker_dies(p
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
         local = tmp_path / "local.csv"
-        assert cifar("predict", photos_to_predict, "--model", exported, "-o", local).returncode == 0
+        assert cifar("predict", noise_pngs, "--model", exported, "-o", local).returncode == 0
         rows = tmp_path / "rows.csv"
-        command = ["predict", photos_to_predict, "--model", exported, "--cluster", address, "--batch-size", "8",
+        command = ["predict", noise_pngs, "--model", exported, "--cluster", address, "--batch-size", "8",
                    "-o", rows]  # fmt: skip
         run = subprocess.Popen(
             [sys.executable, "-m", "cifarcli", *map(str, command)], stderr=subprocess.PIPE, text=True
@@ -139,7 +128,7 @@ def test_a_dask_cluster_gives_the_local_rows_and_loses_none_when_a_worker_dies(p
         assert run.returncode == 0, stderr[-3000:]
         with open(rows, newline="") as written, open(local, newline="") as expected:
             cluster_rows, local_rows = list(csv.reader(written)), list(csv.reader(expected))
-        assert len({row[0] for row in cluster_rows[1:]}) == len(cluster_rows) - 1 == 2000  # every file once
+        assert len({row[0] for row in cluster_rows[1:]}) == len(cluster_rows) - 1 == 3000  # every file once
         assert cluster_rows == local_rows  # the same rows, in the same order
     finally:
         for process in [*workers, scheduler]:
