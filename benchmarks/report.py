@@ -245,6 +245,35 @@ def predict_table() -> list[str]:
     return table(header, rows)
 
 
+def fastest_ultralytics(row: dict) -> float:
+    """Ultralytics' fastest setup's images/s in a versus_ultralytics row (older rows name two setups by key)."""
+    rates = row.get("ultralytics_images_per_s") or {
+        key: row[key] for key in ("ultralytics_224_images_per_s", "ultralytics_32_images_per_s") if row.get(key)
+    }
+    return max(rates.values())
+
+
+def stages_table() -> list[str]:
+    """Per machine kind and corpus, the newest comparison's stages: decoding alone and the model
+    alone on every core, against the whole command and Ultralytics' fastest setup."""
+    versus = [row for row in load("versus_ultralytics") if row.get("ort_images_per_s")]
+    groups = defaultdict(list)
+    for row in versus:
+        groups[machine_kind(row["machine"]), "CIFAR JPEGs" if "CIFAR" in row["corpus"] else "photos"].append(row)
+    rows = []
+    for (kind, corpus), group in sorted(groups.items()):
+        row = latest(group)
+        theirs = fastest_ultralytics(row)
+        rows.append([
+            kind, corpus, row["date"], number(row["cifar_images_per_s"]), number(row["decode_images_per_s"]),
+            number(row["ort_images_per_s"]), number(theirs), f"{row['cifar_images_per_s'] / theirs:.1f}x",
+            f"{row['ort_images_per_s'] / theirs:.1f}x",
+        ])  # fmt: skip
+    header = ["machine", "files", "date", "cifar predict images/s", "decoding alone", "model alone",
+              "Ultralytics' fastest", "ratio", "ratio at the model's own rate"]  # fmt: skip
+    return table(header, rows)
+
+
 def portability_table() -> list[str]:
     rows = load("portability")
     if not rows:
@@ -350,6 +379,12 @@ def benchmarks_page() -> str:
         "share the cores), on the test JPEGs linked ten times (`predict.py --scaling`).",
         "",
         *scaling_table(),
+        "",
+        "Where the time goes: cifar predict's decoder alone and its model alone (ONNX Runtime on decoded "
+        "images), each on every core, from the same comparison runs. The whole command cannot outrun the "
+        "model alone, so the last column bounds the ratio to Ultralytics even with decoding free.",
+        "",
+        *stages_table(),
         "",
         "## Where the files load",
         "",
