@@ -414,7 +414,8 @@ def readme_performance() -> str:
         ratio = f"; {statistics.mean(ratios):.2f}x airbench94's training time" if ratios else ""
         train = mean_sd([run.get("train_s") for run in runs], as_percent=False)
         accuracy = mean_sd([run.get("test_acc_tta") for run in runs])
-        figure = f"{accuracy} with TTA ({len(runs)} runs); {train} s of training in {precision}{ratio}"
+        count = f"{len(runs)} run" + ("s" if len(runs) > 1 else "")
+        figure = f"{accuracy} with TTA ({count}); {train} s of training in {precision}{ratio}"
         lines.append([f"`cifar train --model {model}`", kind, figure])
     speed = latest([row for row in load("predict") if row.get("kind") == "speed"])
     figure = f"{speed['images_per_s_10k']:,} images/s with `{speed['model']}`, peak RSS {speed['peak_rss_mb_10k']} MB"
