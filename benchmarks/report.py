@@ -266,7 +266,7 @@ def stages_table() -> list[str]:
         theirs = fastest_ultralytics(row)
         rows.append([
             kind, corpus, row["date"], number(row["cifar_images_per_s"]), number(row["decode_images_per_s"]),
-            number(row["ort_images_per_s"]), number(theirs), f"{row['cifar_images_per_s'] / theirs:.1f}x",
+            number(row["ort_images_per_s"]), number(theirs), f"{row['ratio']:.1f}x",
             f"{row['ort_images_per_s'] / theirs:.1f}x",
         ])  # fmt: skip
     header = ["machine", "files", "date", "cifar predict images/s", "decoding alone", "model alone",
