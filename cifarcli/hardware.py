@@ -1,7 +1,15 @@
-"""What this CPU can do: its cores, and what it runs fast from /proc/cpuinfo's flags (empty where none)."""
+"""What this CPU can do: its cores, and what it runs fast from /proc/cpuinfo's flags (empty where none).
+
+CIFARCLI_CPU_FLAGS, when set, replaces the detected flags (space- or comma-separated, e.g.
+"avx2 fma" for an AVX2-only CPU): for tests that need a CPU kind, and for users who want to force
+a path. It changes only what cifarcli decides (the training precision, the bundled model); pair
+it with ONEDNN_MAX_CPU_ISA to make PyTorch's kernels behave as on that CPU too.
+"""
 
 import functools
 import os
+
+CPU_FLAGS_OVERRIDE = "CIFARCLI_CPU_FLAGS"
 
 
 def cores() -> int:
@@ -12,8 +20,16 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-@functools.cache
 def cpu_flags() -> frozenset[str]:
+    """The CPU's flags, or CIFARCLI_CPU_FLAGS's where it is set."""
+    override = os.environ.get(CPU_FLAGS_OVERRIDE)
+    if override is not None:
+        return frozenset(override.replace(",", " ").lower().split())
+    return detected_cpu_flags()
+
+
+@functools.cache
+def detected_cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             line = next((line for line in cpuinfo if line.startswith("flags")), "")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cifarcli import __version__, scoring
+from cifarcli import __version__, scoring, stops
 from cifarcli.augment import augment_batch, crop_size, epoch_draws, reflect_pad, scaled
 from cifarcli.checkpoint import ModelInfo, materialize
 from cifarcli.data import Dataset, describe
@@ -120,7 +120,7 @@ def train(
         for epoch in range(len(training.progress.history), schedule.epochs):
             steps = min(schedule.steps_per_epoch, schedule.total_steps - epoch * schedule.steps_per_epoch)
             events.epoch_start(epoch + 1, steps)
-            events.epoch_end(record_epoch(training, epoch, *run_epoch(training, epoch, steps, events)))
+            record_epoch(training, epoch, *run_epoch(training, epoch, steps, events), events)
         return finish(training)
 
 
@@ -245,9 +245,9 @@ def step_optimizers(learner: Learner, loss) -> None:
         scaler.update()
 
 
-def record_epoch(training: Training, epoch: int, loss_sum: float, correct: int, seen: int, seconds: float) -> dict:
+def record_epoch(training: Training, epoch: int, loss_sum: float, correct: int, seen: int, seconds: float, events):
     """Score the epoch's weights (an estimate; after the last epoch, the exact figures), append
-    the history row, save last.pt and, on a better test figure, best.pt."""
+    the history row, save last.pt and, on a better test figure, best.pt, and tell the events."""
     t, context, progress, test = training, training.context, training.progress, training.dataset.test
     model, final = t.learner.model, epoch == t.schedule.epochs - 1
     progress.train_seconds += seconds
@@ -258,18 +258,20 @@ def record_epoch(training: Training, epoch: int, loss_sum: float, correct: int, 
     train_columns = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 5), "train_acc": round(correct / seen, 5)}
     timing = {"lr": round(t.learner.param_groups[0]["lr"], 6), "seconds": round(seconds, 2)}
     row = {**train_columns, **test_columns, **timing, "images_per_s": round(seen / seconds, 1)}
-    progress.history.append(row)
-    context.folder.write_history(progress.history)
     metrics = scoring.checkpoint_metrics(row, len(test))
     if final:
         metrics |= {"test_acc_tta": round(progress.final_tta_acc, 5), "tta": t.recipe.tta}
         metrics["train_seconds"] = round(progress.train_seconds, 1)
     described = t.info.measured(epoch + 1, **metrics)
-    context.folder.save_checkpoint(LAST, model, described, training_state(t))
-    if row["test_acc"] > progress.best_acc:
-        progress.best_acc, progress.best_epoch = row["test_acc"], epoch + 1
-        context.folder.save_checkpoint(BEST, model, described)
-    return row
+    # A stop waits until the epoch is in history.csv, last.pt and every tracker: resume starts after it.
+    with stops.deferred():
+        progress.history.append(row)
+        context.folder.write_history(progress.history)
+        context.folder.save_checkpoint(LAST, model, described, training_state(t))
+        if row["test_acc"] > progress.best_acc:
+            progress.best_acc, progress.best_epoch = row["test_acc"], epoch + 1
+            context.folder.save_checkpoint(BEST, model, described)
+        events.epoch_end(row)
 
 
 def finish(training: Training) -> TrainResult:

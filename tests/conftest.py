@@ -1,4 +1,7 @@
-"""Shared fixtures: a small generated image data set, and a tutorial model trained on it once."""
+"""Shared fixtures: a small generated image data set, and a tutorial model trained on it once.
+
+Two tiers: a test that trains or exports a model (or uses the fixtures that do) is `slow`;
+`pytest -m "not slow"` runs the rest in about a minute."""
 
 import os
 from pathlib import Path
@@ -9,6 +12,28 @@ from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["disc", "horizontal", "vertical"]
+
+
+TRAINING_FIXTURES = {"trained_run", "exported"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses a trained model's fixture is slow, as is one marked so."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def cpu_kind(monkeypatch):
+    """Set the CPU flags cifarcli decides by (hardware.CPU_FLAGS_OVERRIDE), never the host's."""
+
+    def set_flags(flags):
+        from cifarcli.hardware import CPU_FLAGS_OVERRIDE
+
+        monkeypatch.setenv(CPU_FLAGS_OVERRIDE, " ".join(sorted(flags)))
+
+    return set_flags
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +120,7 @@ def trained_run(dataset, tmp_path_factory):
     recipe = get_model_entry("tutorial").recipe.override(epochs=12, batch_size=32, lr=0.05)
     run_dir = tmp_path_factory.mktemp("runs") / "exp"
     run_dir.mkdir()
-    return train(dataset, "tutorial", recipe, prepare_run("cpu", run_dir=run_dir))
+    return train(dataset, "tutorial", recipe, prepare_run("cpu", "fp32", run_dir=run_dir))
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,8 @@ def test_models_lists_the_registry_as_json():
     assert rows["airbench94"]["gflops"] > rows["airbench-narrow"]["gflops"]
 
 
+@pytest.mark.cpu_kind
+@pytest.mark.slow
 def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tmp_path):
     train = ["train", "-m", "tutorial", "--data", str(image_folder), "--out", str(tmp_path), "--name", "run"]
     result = runner.invoke(app, [*train, "--epochs", "2", "--batch-size", "32", "--json"])
@@ -117,6 +119,7 @@ def test_bad_option_values_are_refused_by_the_parser(image_folder):
     assert result.exit_code == 2 and "--batch-size" in result.output
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_143_with_a_resume_command(image_folder, cache_dir, tmp_path):
     import os
     import signal
@@ -129,6 +132,8 @@ def test_sigterm_saves_and_exits_143_with_a_resume_command(image_folder, cache_d
         "train",
         "-m",
         "airbench94",
+        "--precision",
+        "fp32",
         "--data",
         str(image_folder),
         "--epochs",
@@ -185,6 +190,7 @@ def without_timings(history):
     return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in history]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_with_the_run_folder_alone_gives_the_uninterrupted_history(
     image_folder, cache_dir, tmp_path
 ):
@@ -192,7 +198,8 @@ def test_kill_9_then_resume_with_the_run_folder_alone_gives_the_uninterrupted_hi
     import signal
     import time
 
-    arguments = ["train", "-m", "tutorial", "--data", str(image_folder), "--epochs", "40", "--batch-size", "8"]
+    arguments = ["train", "-m", "tutorial", "--precision", "fp32", "--data", str(image_folder), "--epochs", "16"]
+    arguments += ["--batch-size", "8", "--lr", "0.02"]
     arguments += ["--out", str(tmp_path)]
     whole = runner.invoke(app, [*arguments, "--name", "whole", "--json"])
     assert whole.exit_code == 0, whole.output
@@ -224,19 +231,16 @@ def test_kill_9_then_resume_with_the_run_folder_alone_gives_the_uninterrupted_hi
     ],
 )
 def test_resume_refuses_an_option_that_contradicts_the_run_folder(extra, message, trained_run, tmp_path):
-    precision = load_precision(trained_run)
-    names = {"tmp": tmp_path, "precision": precision, "other": "fp32" if precision == "bf16" else "bf16"}
+    names = {"tmp": tmp_path, "precision": "fp32", "other": "bf16"}  # the shared run trains in fp32
     result = runner.invoke(app, ["train", "--resume", str(trained_run.run_dir), *[a.format(**names) for a in extra]])
     assert result.exit_code == 2, result.output
     assert message.format(**names) in result.output and "Traceback" not in result.output
 
 
-def load_precision(run):
-    return json.loads((run.run_dir / "config.json").read_text())["precision"]
-
-
+@pytest.mark.slow
 def test_class_folders_train_record_their_hold_out_and_evaluate_on_it(class_folders, cache_dir, tmp_path):
-    arguments = ["train", "-m", "tutorial", "--data", str(class_folders), "--epochs", "3", "--batch-size", "16"]
+    arguments = ["train", "-m", "tutorial", "--precision", "fp32", "--data", str(class_folders), "--epochs", "3"]
+    arguments += ["--batch-size", "16"]
     trained = runner.invoke(app, [*arguments, "--out", str(tmp_path), "--name", "run", "--json"])
     assert trained.exit_code == 0, trained.output
     run = tmp_path / "run"
@@ -289,9 +293,11 @@ def test_resume_without_the_run_folder_config_says_so_in_one_line(trained_run, t
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_with_one_name_both_finish_in_two_folders(image_folder, cache_dir, tmp_path):
-    command = [sys.executable, "-m", "cifarcli", "train", "-m", "tutorial", "--data", str(image_folder), "--epochs",
-               "1", "--batch-size", "64", "--out", str(tmp_path), "--name", "same", "--json"]  # fmt: skip
+    command = [sys.executable, "-m", "cifarcli", "train", "-m", "tutorial", "--precision", "fp32", "--data",
+               str(image_folder), "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path), "--name", "same",
+               "--json"]  # fmt: skip
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], [error[-2000:] for _, error in outputs]

@@ -315,6 +315,7 @@ def test_bundled_models_load_on_the_declared_onnxruntime_floor():
         assert opset_of(model) <= newest_opset and model.ir_version <= newest_ir, path
 
 
+@pytest.mark.slow
 def test_default_export_is_the_portable_opset_and_exact_for_gelu_networks(tmp_path):
     # export_checkpoint refuses any parity miss against PyTorch.
     from cifarcli.checkpoint import ModelInfo, materialize, save_checkpoint

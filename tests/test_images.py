@@ -11,6 +11,8 @@ from cifarcli.errors import ImageDecodeError
 from cifarcli.images import decode_image, fit_to_square
 from tests.corpus import GOOD, make_corpus
 
+JPEG_BUILDS_LEVELS = 3  # of 255: what two libjpeg-turbo builds may differ by on one pixel
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -101,7 +103,11 @@ def test_jpegs_decoded_by_libjpeg_turbo_directly_give_pillows_pixels(orientation
     data = (tmp_path / "photo.jpg").read_bytes()
     assert images.exif_orientation(data) == orientation
     for size in (32, 64):
-        direct = images.decode_image(data, size)
+        direct = images.decode_image(data, size).astype(int)
         with monkeypatch.context() as patch:
             patch.setattr(images, "simplejpeg", None)  # Pillow alone, as where simplejpeg is not installed
-            np.testing.assert_array_equal(direct, images.decode_image(data, size))
+            by_pillow = images.decode_image(data, size).astype(int)
+        # Two builds of libjpeg-turbo may round their IDCT and chroma upsampling apart by a level or
+        # two; a wrong turn, crop, scale or colour order is tens of levels off.
+        difference = np.abs(direct - by_pillow)
+        assert difference.max() <= JPEG_BUILDS_LEVELS and difference.mean() <= 0.5, difference.max()

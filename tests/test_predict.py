@@ -165,6 +165,7 @@ def test_predict_runs_without_torch_installed(image_folder, exported, tmp_path):
     assert json.loads(completed.stdout)["summary"]["predicted"] == 90
 
 
+@pytest.mark.cpu_kind
 def test_bundled_default_model_is_used_when_no_model_is_given(tmp_path):
     from cifarcli.predict import BUNDLED_MODELS, DEFAULT_MODEL
 
@@ -250,16 +251,14 @@ def test_resume_drops_a_row_cut_short_and_writes_nothing_twice(image_folder, exp
     assert refused.exit_code == 2 and "a .json array cannot grow" in refused.output
 
 
+@pytest.mark.cpu_kind
 @pytest.mark.parametrize(("flags", "bundled", "chosen"), [
     ({"avx2", "avx512_vnni"}, None, "int8"), (set(), None, "fp32"), ({"avx2"}, "fp32", "fp32"), (set(), "int8", "int8"),
 ])  # fmt: skip
-def test_predict_says_which_bundled_model_it_uses_and_bundled_overrides(
-    flags, bundled, chosen, image_folder, monkeypatch
-):
-    from cifarcli import hardware
+def test_predict_says_which_bundled_model_it_uses_and_bundled_overrides(flags, bundled, chosen, image_folder, cpu_kind):
     from cifarcli.predict import BUNDLED_MODELS
 
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    cpu_kind(flags)
     arguments = ["predict", str(image_folder / "test" / "disc"), "--json"]
     result = runner.invoke(app, arguments + (["--bundled", bundled] if bundled else []))
     assert result.exit_code == 0, result.output
@@ -268,6 +267,7 @@ def test_predict_says_which_bundled_model_it_uses_and_bundled_overrides(
     assert json.loads(result.stdout)["model"] == str(BUNDLED_MODELS[chosen])
 
 
+@pytest.mark.cpu_kind
 @pytest.mark.parametrize(
     "flags, chosen, why",
     [
@@ -277,11 +277,10 @@ def test_predict_says_which_bundled_model_it_uses_and_bundled_overrides(
         (set(), "fp32", "no AVX2 or VNNI int8 instructions"),
     ],
 )
-def test_bundled_model_follows_the_int8_measurements_by_cpu_kind(flags, chosen, why, monkeypatch):
-    from cifarcli import hardware
+def test_bundled_model_follows_the_int8_measurements_by_cpu_kind(flags, chosen, why, cpu_kind):
     from cifarcli.predict import BUNDLED_MODELS, choose_bundled_model
 
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    cpu_kind(flags)
     model, reason = choose_bundled_model(None)
     assert model == BUNDLED_MODELS[chosen] and why in reason
 

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-TRAIN = ["train", "-m", "tutorial", "--epochs", "2", "--batch-size", "32", "--name", "run"]
+pytestmark = pytest.mark.slow
+
+TRAIN = ["train", "-m", "tutorial", "--precision", "fp32", "--epochs", "2", "--batch-size", "32", "--name", "run"]
 
 
 def cifar(arguments, cwd, env=None, timeout=300):
