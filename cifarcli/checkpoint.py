@@ -8,6 +8,7 @@ It loads with torch.load(path, weights_only=True), never with a fallback.
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -88,24 +89,59 @@ class ModelInfo:
 def atomic_write(path: Path, write) -> None:
     """write(file) into a temp file beside path, fsync, then rename over path.
 
-    A crash at any instant leaves either the old file or the new one, never half of one, and
-    Ctrl-C or SIGTERM take effect once the file is in place. The file gets the permissions the
-    user's umask gives new files (a temporary file is private until it is renamed).
+    A crash at any instant leaves either the old file or the new one, never half of one; the
+    temporary file goes however the write ends; Ctrl-C or SIGTERM take effect once the file is in
+    place. A write-protected target is refused (check_can_replace), and a failed write (a full
+    disk, a read-only folder) is a one-line CifarError naming the file. The file gets the
+    permissions the user's umask gives new files (a temporary file is private until renamed).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with stops.deferred():
-        descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(descriptor, 0o666 & ~UMASK)
-            with os.fdopen(descriptor, "wb") as file:
-                write(file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+    check_can_replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with stops.deferred():
+            descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                os.fchmod(descriptor, 0o666 & ~UMASK)
+                with os.fdopen(descriptor, "wb") as file:
+                    write(file)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
+    except OSError as error:
+        raise CifarError(
+            f"{path}: cannot write it ({error.strerror or error}); check free space and permissions", 1
+        ) from None
+
+
+def check_can_replace(path: Path) -> None:
+    """Refuse to replace a file its owner write-protected, or another user's: a rename would
+    replace either, whatever its mode."""
+    try:
+        status = path.stat()
+    except OSError:
+        return
+    if not status.st_mode & 0o200:
+        raise CifarError(
+            f"{path}: is write-protected (mode {status.st_mode & 0o777:o}); remove it or choose another file"
+        )
+    if hasattr(os, "geteuid") and status.st_uid != os.geteuid():
+        raise CifarError(f"{path}: belongs to another user; remove it or choose another file")
+
+
+def check_can_write(path: Path) -> None:
+    """Before long work: the file could be written, or a one-line CifarError naming it."""
+    path = Path(path)
+    check_can_replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise CifarError(f"{path}: cannot write there ({error.strerror or error}); choose another folder") from None
 
 
 def save_checkpoint(path: Path, model, info: ModelInfo, training: "dict | None" = None) -> None:
@@ -124,6 +160,8 @@ def load_checkpoint(path: "str | Path") -> dict:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise CifarError(f"{path}: is a folder; give a checkpoint file, such as {path / 'last.pt'}")
     if not path.is_file():
         raise CifarError(f"{path}: no such checkpoint file")
     try:
@@ -131,12 +169,14 @@ def load_checkpoint(path: "str | Path") -> dict:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        code = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), None)
+        code = re.search(r"GLOBAL (\S+)", str(error))
         if code:
-            raise CifarError(f"{path}: refused, it would run code ({code[:160]})") from None
+            raise CifarError(
+                f"{path}: refused: loading it would run code ({code[1]}); only checkpoints of weights load"
+            ) from None
         raise CifarError(f"{path}: not a cifarcli checkpoint (not a plain PyTorch weights file)") from None
     except Exception as error:
-        raise CifarError(f"{path}: not a cifarcli checkpoint ({type(error).__name__})") from None
+        raise CifarError(f"{path}: not a cifarcli checkpoint, or a damaged one ({first_line(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "model" not in payload:
         raise CifarError(f"{path}: not a cifarcli checkpoint (train one with `cifar train`)")
     payload["info"] = ModelInfo.from_dict(payload.get("info") or {}, str(path))

@@ -165,6 +165,8 @@ def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0) -
     from cifarcli.onnx_model import bundled_or_path
 
     path = bundled_or_path(path)
+    if path.is_dir():
+        raise CifarError(f"{path}: is a folder; give a .pt checkpoint or an .onnx model file in it")
     if not path.is_file():
         raise CifarError(f"{path}: no such model file (give a .pt checkpoint or an .onnx model)")
     if path.suffix.lower() == ".onnx":

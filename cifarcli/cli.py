@@ -6,6 +6,7 @@ code (CIFARCLI_DEBUG=1 shows tracebacks instead)."""
 import contextlib
 import gc
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,8 +25,11 @@ app = typer.Typer(
 # What the extras add to the inference-only install (predict, evaluate .onnx): package -> extra.
 OPTIONAL_PACKAGES = {
     "torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "plots",
-    "tensorboard": "tensorboard", "mlflow": "mlflow",
+    "tensorboard": "tensorboard", "mlflow": "mlflow", "distributed": "dask", "dask": "dask", "fsspec": "dask",
+    "s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure", "aiohttp": "http",
 }  # fmt: skip
+HELP_MIN_WIDTH = 80  # columns: the widest option name and its type stay whole in --help
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader (`| head`) stopped reading, as a shell reports it
 
 
 @contextlib.contextmanager
@@ -43,6 +47,19 @@ def user_errors():
         # A full disk or a vanished folder mid-run; files written earlier were replaced atomically.
         report.error_line(f"{error.filename or 'output'}: {error.strerror or error}; check the path and free space")
         raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def stops_said(kept: str):
+    """Ctrl-C or SIGTERM end the command with one line saying what stays, and 130 or 143."""
+    from cifarcli import report, stops
+
+    try:
+        with stops.stop_on_sigterm():
+            yield
+    except (KeyboardInterrupt, stops.Stopped) as stop:
+        report.note(f"interrupted; {kept}")
+        raise typer.Exit(stops.exit_code(stop)) from None
 
 
 @app.callback()
@@ -108,7 +125,7 @@ def train_command(
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
     from cifarcli import report, stops
     from cifarcli.distributed import launch_local, once_per_machine, shutdown
-    from cifarcli.models import DEFAULT_MODEL, get_model_entry, parse_recipe_settings
+    from cifarcli.models import DEFAULT_MODEL, check_input_sizes, get_model_entry, parse_recipe_settings
     from cifarcli.run import prepare_run, take_run_folder
     from cifarcli.run_folder import LAST, open_resumable
     from cifarcli.tracking import Together, end_all, open_trackers
@@ -136,6 +153,7 @@ def train_command(
         dataset = once_per_machine(context.ranks, lambda: load_data(data, 32, cache_dir, val_fraction))
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
+        check_input_sizes(model, recipe, dataset.train.images.shape[1], len(dataset.classes))
         context = context if resumed else take_run_folder(context, out or Path("runs/train"), name or "exp")
         trackers, result = open_trackers(log or [], context.folder), None
         try:
@@ -185,7 +203,7 @@ def evaluate_command(
     from cifarcli.classifier import load_classifier
     from cifarcli.evaluate import evaluate, write_outputs
 
-    with user_errors():
+    with user_errors(), stops_said("nothing was written"):
         check_finite(val_fraction=val_fraction)
         classifier = load_classifier(model)
         val_fraction = val_fraction if val_fraction is not None else classifier.info.val_fraction or None
@@ -229,7 +247,7 @@ def export_command(
     from cifarcli.classifier import TorchClassifier
     from cifarcli.export import export_checkpoint
 
-    with user_errors():
+    with user_errors(), stops_said("no file was left half-written, and any already there is as it was"):
         torch_model = TorchClassifier.from_checkpoint(checkpoint)
         info = torch_model.info
         dataset = load_data(data, info.input_size, cache_dir, info.val_fraction or None) if data else None
@@ -258,6 +276,7 @@ def predict_command(
     threads: opt.Threads = 0,
     min_confidence: opt.MinConfidence = 0.0,
     resume: opt.ResumeRows = False,
+    overwrite: opt.Overwrite = False,
     bundled: opt.Bundled = None,
     cluster: opt.Cluster = None,
     storage_options: opt.StorageOptions = None,
@@ -274,6 +293,7 @@ def predict_command(
     with user_errors():
         check_finite(min_confidence=min_confidence)
         sources = {"storage_options": parse_storage_options(storage_options), "shard": parse_shard(shard)}
+        sources["overwrite"] = overwrite
         run = prepare_predictions(paths, model, bundled, output, top_k, min_confidence, resume, recursive, **sources)
         for message in run.notes:
             report.note(message)
@@ -293,13 +313,42 @@ def predict_command(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def main():
+def stdout_file() -> "tuple[int, int] | None":
+    """What file descriptor 1 is (device, inode), to notice it was sent to /dev/null."""
     try:
-        app(prog_name="cifar")
+        status = os.fstat(1)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def main():
+    from cifarcli import report
+
+    usage_error = typer.BadParameter.__mro__[1]  # click's UsageError (typer may vendor click)
+    if shutil.get_terminal_size().columns < HELP_MIN_WIDTH:  # narrower help tables cut option names
+        from typer import rich_utils
+
+        rich_utils.MAX_WIDTH = HELP_MIN_WIDTH
+    stdout_before = stdout_file()
+    try:
+        # standalone_mode=False: usage errors come here, to be one line like every other error.
+        code = app(prog_name="cifar", standalone_mode=False)
+    except usage_error as error:  # a value out of range, an unknown option, a missing argument
+        command = error.ctx.command_path if error.ctx else "cifar"
+        report.error_line(f"{first_line(error.format_message(), 400)} (see {command} --help)")
+        raise SystemExit(error.exit_code) from None
+    except typer.Abort:  # Ctrl-C or end of input outside a command's own handling
+        raise SystemExit(130) from None
+    except SystemExit as exit_:
+        # rich and typer end a broken pipe with 1, quietly, after sending stdout to /dev/null (rich)
+        # or wrapping it (typer): say it as a shell does.
+        if exit_.code == 1 and (stdout_file() != stdout_before or type(sys.stdout).__name__ == "PacifyFlushWrapper"):
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
+        raise
     except Exception as error:  # a missing training package, or a bug: one line unless debugging
         if os.environ.get("CIFARCLI_DEBUG"):
             raise
-        from cifarcli import report
 
         package = (getattr(error, "name", None) or "").split(".")[0]
         if isinstance(error, ModuleNotFoundError) and package in OPTIONAL_PACKAGES:
@@ -312,6 +361,8 @@ def main():
             f"unexpected {type(error).__name__}: {first_line(error)} (set CIFARCLI_DEBUG=1 for the traceback)"
         )
         raise SystemExit(1) from None
+    else:
+        raise SystemExit(code if isinstance(code, int) else 0)
     finally:
         # The process ends next, and its last garbage collection would walk every object of
         # every imported module (numpy, onnxruntime, rich): frozen objects are skipped.

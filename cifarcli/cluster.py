@@ -25,13 +25,16 @@ SESSIONS: dict = {}  # in a worker process: model hash -> OnnxClassifier, made o
 SESSIONS_LOCK = threading.Lock()
 
 
+CONNECT_TIMEOUT = "10s"  # Dask retries a refused connection until this; a live scheduler answers in far less
+
+
 def connect(address: str):
     try:
         from distributed import Client
     except ImportError:
         raise CifarError("--cluster: needs Dask, which this install lacks; pip install 'cifarcli[dask]'") from None
     try:
-        return Client(address, timeout="30s")
+        return Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as error:
         raise CifarError(f"--cluster {address}: no Dask scheduler answered ({first_line(error)})") from None
 
@@ -41,9 +44,9 @@ def cluster_rows(
     file_system,
 ) -> Iterator:  # fmt: skip
     """The rows of every file, in order, classified by the cluster's workers."""
+    client = connect(address)  # first: it names the extra when Dask is missing
     from distributed import as_completed
 
-    client = connect(address)
     try:
         model = client.scatter(model_bytes, broadcast=True)
         model_hash, job = hashlib.sha256(model_bytes).hexdigest(), uuid.uuid4().hex[:8]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cifarcli.checkpoint import atomic_write
 from cifarcli.errors import CifarError, ImageDecodeError, first_line
 from cifarcli.images import decode_image, is_image_name
 
@@ -109,7 +110,10 @@ def load_dataset(
                 f"{cache_file}: the cache of decoded pixels is unreadable ({first_line(error)}); decoded again"
             )
     dataset = decode_source(path, size, on_progress or (lambda *_: None), val_fraction, threads)
-    write_cache(cache_file, dataset)
+    try:
+        write_cache(cache_file, dataset)
+    except CifarError as error:  # the cache only saves time: go on without it
+        notes.append(f"the cache of decoded pixels was not written ({error}); the next run decodes again")
     dataset.notes = notes
     return dataset
 
@@ -157,20 +161,18 @@ def read_cache(cache_file: Path, source: str) -> Dataset:
 
 
 def write_cache(cache_file: Path, dataset: Dataset) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(f".{os.getpid()}.partial.npz")
-    np.savez(
-        partial,
-        train_images=dataset.train.images,
-        train_labels=dataset.train.labels,
-        test_images=dataset.test.images,
-        test_labels=dataset.test.labels,
-        classes=np.array(dataset.classes),
-        skipped=np.array(dataset.skipped, dtype=str),
-        val_fraction=np.array(dataset.val_fraction),
-        held_out=np.array(dataset.held_out, dtype=str),
-    )
-    os.replace(partial, cache_file)
+    """The decoded pixels, written atomically (no partial file is left behind, even on a stop)."""
+    arrays = {
+        "train_images": dataset.train.images,
+        "train_labels": dataset.train.labels,
+        "test_images": dataset.test.images,
+        "test_labels": dataset.test.labels,
+        "classes": np.array(dataset.classes),
+        "skipped": np.array(dataset.skipped, dtype=str),
+        "val_fraction": np.array(dataset.val_fraction),
+        "held_out": np.array(dataset.held_out, dtype=str),
+    }
+    atomic_write(cache_file, lambda file: np.savez(file, **arrays))
 
 
 def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float, threads: int) -> Dataset:

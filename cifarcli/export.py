@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarcli.checkpoint import atomic_write
+from cifarcli import stops
+from cifarcli.checkpoint import atomic_write, check_can_write
 from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, softmax, to_model_input
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
@@ -111,16 +112,17 @@ def build_onnx(model, input_size: int, opset: int):
 
     example = torch.rand(2, 3, input_size, input_size)
     try:
-        program = torch.onnx.export(
-            batchnorm_before_pool(model),
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            verbose=False,
-        )
+        with stops.surfacing():
+            program = torch.onnx.export(
+                batchnorm_before_pool(model),
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
     except Exception as error:
         raise CifarError(f"--opset {opset}: torch could not export the model ({type(error).__name__})") from None
     proto = program.model_proto
@@ -128,6 +130,11 @@ def build_onnx(model, input_size: int, opset: int):
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     proto.doc_string = "cifarcli image classifier: input 'images' float32 NCHW RGB in [0,1]; output 'logits'"
     return proto
+
+
+def int8_path_for(output: Path) -> Path:
+    """Where --int8 writes its file: <name>.int8.onnx beside the fp32 one."""
+    return output.with_name(output.stem + ".int8.onnx")
 
 
 def described(proto, metadata: dict[str, str]) -> bytes:
@@ -205,6 +212,9 @@ def export_checkpoint(
         raise CifarError(f"-o {output}: the output file must end in .onnx")
     if output.is_dir():
         raise CifarError(f"-o {output}: is a folder; give a file name ending in .onnx")
+    check_can_write(output)  # before the work, not after it
+    if int8:
+        check_can_write(int8_path_for(output))
     newest = newest_supported_opset()
     if opset is not None and not OLDEST_OPSET <= opset <= newest:
         raise CifarError(
@@ -231,7 +241,6 @@ def export_checkpoint(
         info = replace(info, temperature=calibrate(onnx_model, dataset, report))
     data = described(proto, metadata_for(info, export_date))
     report.size_bytes = len(data)
-    output.parent.mkdir(parents=True, exist_ok=True)
     save(output, data)
     if int8:
         fp32_model = OnnxClassifier(data, threads, source=str(output))
@@ -315,7 +324,7 @@ def quantize_int8(
             batch = next(self.batches, None)
             return None if batch is None else {"images": to_model_input(batch)}
 
-    int8_path = output.with_name(output.stem + ".int8.onnx")
+    int8_path = int8_path_for(output)
     with tempfile.TemporaryDirectory() as folder:  # the quantizer's tools read and write files
         fp32_file, prepared, quantized = (Path(folder) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         fp32_file.write_bytes(fp32_data)

@@ -42,8 +42,13 @@ class Recipe:
     seed: int = 0
 
     def __post_init__(self):
-        if self.progressive not in ("crop", "resize"):
-            raise CifarError(f"--set progressive={self.progressive}: choose crop or resize")
+        """Every field's rule (RECIPE_RULES), checked whatever set it: the registry, an option,
+        --set or config.json; a bad value is refused before a run folder is taken."""
+        for name, (allowed, choose) in RECIPE_RULES.items():
+            value = getattr(self, name)
+            if (isinstance(value, float) and not math.isfinite(value)) or not allowed(value):
+                shown = ",".join(f"{size}:{epochs:g}" for size, epochs in value) if name == "crops" else value
+                raise CifarError(f"--set {name}={shown}: choose {choose}")
 
     def override(self, **values) -> "Recipe":
         known = {f.name for f in fields(self)}
@@ -57,6 +62,34 @@ class Recipe:
     def to_dict(self) -> dict:
         """The recipe in its JSON form (crops as lists), as config.json and checkpoints hold it."""
         return json.loads(json.dumps(asdict(self)))
+
+
+# Each recipe field's rule: a test of its value, and what to choose instead.
+RECIPE_RULES = {
+    "epochs": (lambda v: v > 0, "a number of epochs above 0, such as 10"),
+    "batch_size": (lambda v: v >= 1, "a batch size of at least 1"),
+    "lr": (lambda v: v >= 0, "a learning rate of 0 or more"),
+    "momentum": (lambda v: 0 <= v < 1, "a momentum from 0 up to (not including) 1"),
+    "weight_decay": (lambda v: v >= 0, "a weight decay of 0 or more"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a label smoothing from 0 up to (not including) 1, such as 0.1"),
+    "lr_start": (lambda v: v >= 0, "a fraction of the peak learning rate, 0 or more"),
+    "lr_peak_at": (lambda v: 0 <= v <= 1, "a fraction of the steps from 0 to 1"),
+    "lr_end": (lambda v: v >= 0, "a fraction of the peak learning rate, 0 or more"),
+    "bias_lr_scale": (lambda v: v > 0, "a scale above 0"),
+    "translate": (lambda v: v >= 0, "a translation of 0 or more pixels"),
+    "flip": (lambda v: v in ("alternating", "random", "none"), "alternating, random or none"),
+    "tta": (lambda v: v in (0, 1, 2), "0 (none), 1 (mirror) or 2 (mirror and translations)"),
+    "whiten_bias_epochs": (lambda v: v >= 0, "0 or more epochs"),
+    "crops": (
+        lambda v: all(size >= 1 and epochs > 0 for size, epochs in v),
+        "SIZE:EPOCHS stages with sizes of at least 1 px and epochs above 0, such as 16:2,24:3",
+    ),
+    "progressive": (lambda v: v in ("crop", "resize"), "crop or resize"),
+    "optimizer": (lambda v: v in ("sgd", "muon"), "sgd or muon"),
+    "muon_lr": (lambda v: v >= 0, "a step of 0 or more"),
+    "muon_momentum": (lambda v: 0 <= v < 1, "a momentum from 0 up to (not including) 1"),
+    "seed": (lambda v: isinstance(v, int), "an integer"),
+}
 
 
 def parse_recipe_settings(settings: list[str]) -> dict:
@@ -122,6 +155,22 @@ def get_model_entry(name: str) -> ModelEntry:
 
 def create_model(name: str, num_classes: int, mean, std):
     return get_model_entry(name).build(num_classes, tuple(mean), tuple(std))
+
+
+def check_input_sizes(name: str, recipe: Recipe, image_size: int, num_classes: int) -> None:
+    """Refuse a recipe whose crop stages give images the network cannot take (a kernel larger
+    than its input, a dense layer of another width): one image through it at each size."""
+    import torch
+
+    model = create_model(name, num_classes, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+    for size in sorted({min(size, image_size) for size, _ in recipe.crops} | {image_size}):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+        except RuntimeError:
+            stages = ",".join(f"{stage}:{epochs:g}" for stage, epochs in recipe.crops)
+            where = f"--set crops={stages}" if size < image_size else f"--data (images of {size} px)"
+            raise CifarError(f"{where}: {name} cannot take {size} px images; choose larger crops or no crops") from None
 
 
 # ---------------------------------------------------------------- building blocks

@@ -8,7 +8,6 @@ imported at the top.
 
 import torch
 
-from cifarcli.errors import CifarError
 from cifarcli.models import Recipe
 
 LOOKAHEAD_EVERY = 5  # steps between lookahead pulls (airbench)
@@ -27,8 +26,6 @@ def make_optimizers(model, recipe: Recipe) -> list:
     """SGD with Nesterov momentum for everything, or (optimizer "muon") Muon for the trainable
     convolution filters and SGD for the rest. BatchNorm biases learn bias_lr_scale times faster
     with weight decay scaled down by the same factor, so their decay per step is unchanged."""
-    if recipe.optimizer not in ("sgd", "muon"):
-        raise CifarError(f"recipe optimizer {recipe.optimizer!r}: choose 'sgd' or 'muon'")
     filters, norm_biases, others = [], [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):

@@ -1,5 +1,7 @@
 """The command line's options, declared once as Annotated types that cli.py's commands use.
 
+Help texts are rich markup: a literal "[" is written "\\[".
+
 Only typer is imported here, so that `cifar --help` answers at once. Defaults written out
 (batch sizes) must equal the library's constants; a test checks them.
 """
@@ -98,7 +100,8 @@ Processes = Annotated[int, typer.Option(help="Train with N processes here (runs 
 Trackers = Annotated[
     list[str] | None,
     typer.Option(
-        "--log", help="Also track the run in tensorboard or mlflow (cifarcli[tensorboard], [mlflow]). Repeatable."
+        "--log",
+        help="Also track the run in tensorboard or mlflow (cifarcli\\[tensorboard], \\[mlflow]). Repeatable.",
     ),
 ]
 
@@ -163,6 +166,7 @@ MinConfidence = Annotated[
 ResumeRows = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run: skip the files already in --output.")
 ]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an --output file that already holds rows.")]
 Bundled = Annotated[
     str | None,
     typer.Option(

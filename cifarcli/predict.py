@@ -196,11 +196,11 @@ class PredictionRun:
 def prepare_predictions(
     paths: list[str], model: "Path | None", bundled: "str | None", output: "Path | None", top_k: int,
     min_confidence: float, resume: bool, recursive: bool, storage_options: "dict | None" = None,
-    shard: "tuple[int, int] | None" = None,
+    shard: "tuple[int, int] | None" = None, overwrite: bool = False,
 ) -> PredictionRun:  # fmt: skip
     """The model (the bundled one when none is given), the files found (the shard's only, with
-    --shard), and the output: a new file, or with resume the same file continued, once it is
-    shown to come from the same model and options."""
+    --shard), and the output: a new file, with resume the same file continued once it is shown to
+    come from the same model and options, with overwrite an existing file replaced."""
     from cifarcli.classifier import OnnxClassifier
     from cifarcli.onnx_model import bundled_or_path
 
@@ -212,7 +212,10 @@ def prepare_predictions(
         raise CifarError(f"--bundled {bundled}: chooses between the bundled models; drop it with --model")
     model = bundled_or_path(model)
     if model.suffix.lower() != ".onnx":
-        raise CifarError(f"--model {model}: predict takes an .onnx model; run `cifar export {model}` first")
+        raise CifarError(
+            f"--model {model}: predict takes an .onnx model; a checkpoint of `cifar train` exports to one with "
+            f"`cifar export {model}`"
+        )
     classifier = OnnxClassifier(model, threads=1)
     classes = len(classifier.info.classes)
     if top_k > classes:
@@ -226,7 +229,7 @@ def prepare_predictions(
     if resume and not output:
         raise CifarError("--resume: give the --output file of the run to continue")
     provenance = {"model_sha256": file_sha256(model), "top_k": top_k, "min_confidence": min_confidence}
-    writer = RowWriter(output, top_k, resume, provenance) if output else None
+    writer = RowWriter(output, top_k, resume, provenance, overwrite) if output else None
     if writer and writer.done:
         files = [path for path in files if path not in writer.done]
         notes.append(f"resuming: {len(writer.done):,} rows already in {output}, {len(files):,} files to go")

@@ -26,13 +26,17 @@ out = Console()
 err = Console(stderr=True)
 
 
+# Every name that reaches the terminal (paths, class names, errors, commands such as
+# "pip install 'cifarcli[train]'") is escaped: rich would read "[bold]evil.jpg" as markup.
+
+
 def error_line(message: str) -> None:
-    # escape: messages hold paths and commands such as "pip install 'cifarcli[train]'", not markup.
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(message, highlight=False, soft_wrap=True)
+    """A plain line on stderr (never markup)."""
+    err.print(escape(message), highlight=False, soft_wrap=True)
 
 
 def print_json(value) -> None:
@@ -46,6 +50,12 @@ def print_json(value) -> None:
         return [finite(inner) for inner in item] if isinstance(item, list | tuple) else item
 
     print(json.dumps(finite(value), indent=2, allow_nan=False))
+
+
+def plural(count: float, noun: str) -> str:
+    """'1 epoch', '2 epochs', '4.5 epochs', '1,000 images'."""
+    number = f"{count:,}" if isinstance(count, int) else f"{count:g}"
+    return f"{number} {noun}" if count == 1 else f"{number} {noun}s"
 
 
 class RateColumn(ProgressColumn):
@@ -96,9 +106,12 @@ class TrainDisplay:
         self.task = None
 
     def start(self, context, model_name, epochs, steps_per_epoch):
-        note(
-            f"training [bold]{model_name}[/] for {epochs} epochs on {context.describe()} -> {context.folder.path}; "
-            "each epoch's test accuracy is a quick estimate, the last epoch's exact (fp32, whole test split)"
+        err.print(
+            f"training [bold]{escape(model_name)}[/] for {plural(epochs, 'epoch')} on {escape(context.describe())} -> "
+            f"{escape(str(context.folder.path))}; each epoch's test accuracy is a quick estimate, the last epoch's "
+            "exact (fp32, whole test split)",
+            highlight=False,
+            soft_wrap=True,
         )
         self.epochs = epochs
         self.progress = new_progress(
@@ -132,7 +145,7 @@ def scored_on(row: dict) -> str:
 
 
 def show_training_result(result) -> None:
-    table = Table(title=f"Training: {result.run_dir}")
+    table = Table(title=f"Training: {escape(str(result.run_dir))}")
     for column in ("epoch", "train loss", "train acc", "test loss", "test acc", "scored on", "lr", "seconds", "img/s"):
         table.add_column(column, justify="right")
     for row in result.history:
@@ -152,7 +165,7 @@ def show_training_result(result) -> None:
         f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%} "
         f"(fp32); training {result.train_seconds:.0f} s in {result.precision}"
     )
-    out.print(f"wrote {', '.join(result.written)} to {result.run_dir}")
+    out.print(escape(f"wrote {', '.join(result.written)} to {result.run_dir}"))
 
 
 def show_models(rows: list[dict]) -> None:
@@ -179,14 +192,14 @@ def show_evaluation_notes(evaluation, skipped) -> None:
     for warning in evaluation.warnings:
         note(f"warning: {warning}")
     if skipped:
-        note(escape(f"skipped {', '.join(skipped)}: the pictures need matplotlib; pip install 'cifarcli[plots]'"))
+        note(f"skipped {', '.join(skipped)}: the pictures need matplotlib; pip install 'cifarcli[plots]'")
 
 
 def show_evaluation(evaluation, written) -> None:
     tta = f", TTA level {evaluation.tta}" if evaluation.tta else ""
     out.print(
-        f"[bold]{evaluation.model}[/] on the {evaluation.split} split of {evaluation.data} "
-        f"({evaluation.images:,} images{tta})",
+        f"[bold]{escape(str(evaluation.model))}[/] on the {evaluation.split} split of {escape(str(evaluation.data))} "
+        f"({plural(evaluation.images, 'image')}{tta})",
         highlight=False,
     )
     out.print(
@@ -204,49 +217,60 @@ def show_evaluation(evaluation, written) -> None:
         table.add_column(column, justify=justify)
     for row in evaluation.per_class:
         figures = ["—" if row[key] is None else f"{row[key]:.3f}" for key in ("precision", "recall", "f1")]
-        table.add_row(row["name"], *figures, str(row["support"]))
+        table.add_row(escape(row["name"]), *figures, str(row["support"]))
     averages = [f"{getattr(evaluation, f'macro_{key}') or 0:.3f}" for key in ("precision", "recall", "f1")]
     table.add_row("mean", *averages, str(evaluation.images), end_section=True)
     out.print(table)
     out.print(confusion_table(evaluation, out.width))
     pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in evaluation.most_confused)
-    out.print(f"most confused (true -> predicted): {pairs or 'none'}")
+    out.print(escape(f"most confused (true -> predicted): {pairs or 'none'}"))
     mistakes = ", ".join(
         f"#{m['index']} {m['true']} as {m['predicted']} ({m['confidence']:.0%})"
         for m in evaluation.confident_mistakes[:5]
     )
-    out.print(f"most confident mistakes (image index in the split): {mistakes or 'none'}")
+    out.print(escape(f"most confident mistakes (image index in the split): {mistakes or 'none'}"))
     for path in written:
-        out.print(f"wrote {path}")
+        out.print(escape(f"wrote {path}"))
 
 
 def confusion_table(evaluation, width: int):
     """Counts shaded by their share of the row: the diagonal green, mistakes red. Columns are named
     by the first letters of each class; on a terminal too narrow for that, rows and columns are
-    numbered and a legend names the classes, so that no name and no count is ever cut."""
-    names = evaluation.classes
-    digits = len(str(max(max(row) for row in evaluation.confusion)))
+    numbered and a legend names the classes, so that no name and no count is ever cut. When even
+    numbered columns do not fit, the classes with the most mistakes are shown, and the legend says so."""
+    names, confusion = evaluation.classes, evaluation.confusion
+    digits = len(str(max(max(row) for row in confusion)))
     numbered = max(len("true \\ pred"), *map(len, names)) + len(names) * (max(5, digits) + 3) + 4 > width
+    shown, cut = list(range(len(names))), ""
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")
     if numbered:
         table = Table(title="Confusion (rows: true, columns: predicted)", box=None, padding=(0, 0, 0, 1))
+        label_width = len(str(len(names) - 1))
+        fits = max(1, (width - label_width - 1) // (max(label_width, digits) + 1))
+        if fits < len(names):
+            mistakes = [sum(confusion[i]) + sum(row[i] for row in confusion) - 2 * confusion[i][i] for i in shown]
+            shown = sorted(sorted(shown, key=lambda i: -mistakes[i])[:fits])
+            cut = (
+                f"; the {fits} classes with the most mistakes, of {len(names)}: the terminal is too narrow for "
+                "all, and every class is in metrics.json and confusion.png (--out)"
+            )
     table.add_column("true \\ pred" if not numbered else "", no_wrap=True)
-    for index, name in enumerate(names):
-        table.add_column(str(index) if numbered else name[:5], justify="right", no_wrap=True)
-    for index, (name, row) in enumerate(zip(names, evaluation.confusion, strict=True)):
-        total = max(1, sum(row))
+    for index in shown:
+        table.add_column(str(index) if numbered else escape(names[index][:5]), justify="right", no_wrap=True)
+    for index in shown:
+        row, total = confusion[index], max(1, sum(confusion[index]))
         cells = []
-        for column, count in enumerate(row):
-            share = count / total
+        for column in shown:
+            share = row[column] / total
             if column == index:
                 style = "bold green" if share > 0.5 else "green"
             else:
                 style = "bold red" if share > 0.1 else "red" if share > 0.03 else "dim"
-            cells.append(f"[{style}]{count}[/]")
-        table.add_row(str(index) if numbered else name, *cells)
+            cells.append(f"[{style}]{row[column]}[/]")
+        table.add_row(str(index) if numbered else escape(names[index]), *cells)
     if not numbered:
         return table
-    legend = Text("classes: " + ", ".join(f"{index}={name}" for index, name in enumerate(names)))
+    legend = Text("classes: " + ", ".join(f"{index}={names[index]}" for index in shown) + cut)
     return Group(table, legend)
 
 
@@ -254,7 +278,7 @@ def confusion_table(evaluation, width: int):
 
 
 def show_export(result) -> None:
-    table = Table(title=f"Export: {result.path}")
+    table = Table(title=f"Export: {escape(str(result.path))}")
     table.add_column("check")
     table.add_column("value", justify="right")
     table.add_row("file size", f"{result.size_bytes / 1e6:.2f} MB")
@@ -274,7 +298,7 @@ def show_export(result) -> None:
     out.print(table)
     if result.int8:
         q = result.int8
-        table = Table(title=f"INT8: {q['path']}")
+        table = Table(title=f"INT8: {escape(str(q['path']))}")
         speeds = "fp32_images_per_s" in q
         for column in ("model", "size MB", "test accuracy", *(["images/s (batch 256)"] if speeds else [])):
             table.add_column(column, justify="right")
@@ -316,12 +340,12 @@ def show_predictions(summary, top_k: int, output) -> None:
         table.add_column(f"top {top_k}")
     for row in summary.rows:
         cells = [
-            row.path,
-            row.label or "[red]failed[/]",
-            f"{row.confidence:.1%}" if row.label else f"[red]{row.error}[/]",
+            escape(row.path),
+            escape(row.label) if row.label else "[red]failed[/]",
+            f"{row.confidence:.1%}" if row.label else f"[red]{escape(row.error)}[/]",
         ]
         if top_k > 1:
-            cells.append(", ".join(f"{label} {p:.0%}" for label, p in row.top_k))
+            cells.append(escape(", ".join(f"{label} {p:.0%}" for label, p in row.top_k)))
         table.add_row(*cells)
     out.print(table)
     if summary.images > len(summary.rows):
@@ -329,18 +353,19 @@ def show_predictions(summary, top_k: int, output) -> None:
         counts.add_column("class")
         counts.add_column("images", justify="right")
         for label, count in summary.counts.most_common():
-            counts.add_row(label, f"{count:,}")
+            counts.add_row(escape(label), f"{count:,}")
         out.print(counts)
     if summary.failures:
         out.print(f"[red]failed[/] ({summary.failed:,}):", highlight=False)
         for row in summary.failures:
-            out.print(f"  {row.path}: {row.error}", highlight=False, soft_wrap=True)
+            out.print(escape(f"  {row.path}: {row.error}"), highlight=False, soft_wrap=True)
         if summary.failed > len(summary.failures):
             where = f"every failed row, with its error, is in {output}" if output else "--output FILE lists them all"
-            out.print(f"  ... and {summary.failed - len(summary.failures):,} more; {where}", highlight=False)
+            out.print(escape(f"  ... and {summary.failed - len(summary.failures):,} more; {where}"), highlight=False)
     totals = summary.totals()
     out.print(
-        f"{totals['images']:,} images, {totals['predicted']:,} predicted ({totals['unsure']:,} unsure), "
-        f"{totals['failed']:,} failed, "
-        f"{totals['seconds']:.2f} s, {totals['images_per_s']:,.0f} images/s" + (f"; rows in {output}" if output else "")
+        f"{plural(totals['images'], 'image')}, {totals['predicted']:,} predicted ({totals['unsure']:,} unsure), "
+        f"{totals['failed']:,} failed, {totals['seconds']:.2f} s, {totals['images_per_s']:,.0f} images/s"
+        + escape(f"; rows in {output}" if output else ""),
+        highlight=False,
     )

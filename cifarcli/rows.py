@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarcli.checkpoint import atomic_write
+from cifarcli.checkpoint import atomic_write, check_can_write
 from cifarcli.errors import CifarError
 
 
@@ -33,7 +33,9 @@ class RowWriter:
     (provenance: the model's hash and the options that change rows) is kept beside the file in
     <name>.run.json, and a resume that would mix rows of another model or options is refused."""
 
-    def __init__(self, path: Path, top_k: int, resume: bool = False, provenance: "dict | None" = None):
+    def __init__(
+        self, path: Path, top_k: int, resume: bool = False, provenance: "dict | None" = None, overwrite: bool = False
+    ):
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".json", ".jsonl"):
             raise CifarError(f"--output {path}: use a .csv, .json or .jsonl file name")
@@ -41,6 +43,13 @@ class RowWriter:
             raise CifarError(f"--output {path}: is a folder; give a file name")
         if resume and suffix == ".json":
             raise CifarError(f"--output {path}: --resume continues a .jsonl or .csv file; a .json array cannot grow")
+        if resume and overwrite:
+            raise CifarError("--resume and --overwrite: choose one (continue the rows, or replace them)")
+        # An existing file is continued (--resume) or replaced (--overwrite), never replaced unasked.
+        if not (resume or overwrite) and path.is_file() and path.stat().st_size:
+            raise CifarError(
+                f"--output {path}: already holds rows; continue them with --resume, or replace them with --overwrite"
+            )
         self.path, self.kind, self.top_k, self.count = path, suffix, top_k, 0
         extra = [f"top{i}_{part}" for i in range(1, top_k + 1) for part in ("label", "confidence")] if top_k > 1 else []
         header = ["path", "label", "confidence", *extra, "error"]
@@ -49,22 +58,38 @@ class RowWriter:
         if continuing:
             check_provenance(path, record, provenance or {})
         self.done = rows_already_written(path, suffix, header) if continuing else set()
+        check_can_write(path)
+        if not continuing:  # first, so that a failure leaves no empty output behind
+            atomic_write(record, lambda file: file.write((json.dumps(provenance or {}, indent=2) + "\n").encode()))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            mode = "a" if resume and path.exists() else "w"
-            self.file = open(path, mode, newline="" if suffix == ".csv" else None)
+            self.file = open(path, "a" if continuing else "w", newline="" if suffix == ".csv" else None)
+            if suffix == ".csv":
+                self.csv = csv.writer(self.file)
+                if self.file.tell() == 0:
+                    self.csv.writerow(header)
+            elif suffix == ".json":
+                self.file.write("[")
+            self.file.flush()
         except OSError as error:
-            raise CifarError(f"--output {path}: cannot write there ({error.strerror})") from None
-        if not continuing:
-            atomic_write(record, lambda file: file.write((json.dumps(provenance or {}, indent=2) + "\n").encode()))
-        if suffix == ".csv":
-            self.csv = csv.writer(self.file)
-            if self.file.tell() == 0:
-                self.csv.writerow(header)
-        elif suffix == ".json":
-            self.file.write("[")
+            if not continuing:
+                path.unlink(missing_ok=True)
+            raise CifarError(f"--output {path}: cannot write there ({error.strerror})", 1) from None
 
     def write(self, row: Row) -> None:
+        try:
+            self.write_row(row)
+        except OSError as error:
+            raise self.write_failed(error) from None
+
+    def write_failed(self, error: OSError) -> CifarError:
+        return CifarError(
+            f"--output {self.path}: cannot write it ({error.strerror}); its complete rows are kept: free some "
+            "space and continue with --resume",
+            1,
+        )
+
+    def write_row(self, row: Row) -> None:
         if self.kind == ".csv":
             extra = []
             if self.top_k > 1:
@@ -83,9 +108,12 @@ class RowWriter:
         self.file.flush()
 
     def close(self) -> None:
-        if self.kind == ".json":
-            self.file.write("\n]\n" if self.count else "]\n")
-        self.file.close()
+        try:
+            if self.kind == ".json":
+                self.file.write("\n]\n" if self.count else "]\n")
+            self.file.close()
+        except OSError as error:
+            raise self.write_failed(error) from None
 
 
 def check_provenance(path: Path, record: Path, provenance: dict) -> None:

@@ -49,6 +49,31 @@ def stop_on_sigterm():
 
 
 @contextlib.contextmanager
+def surfacing():
+    """A Ctrl-C received inside the block comes out of it as KeyboardInterrupt, even where the
+    library code it interrupted turned it into an exception of its own (torch's exporter does),
+    so that a stop is never reported as that library's failure."""
+    if not on_main_thread():
+        yield
+        return
+    received = []
+
+    def interrupt(signal_number, frame):
+        received.append(signal_number)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    except Exception:
+        if received:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def deferred(signals=(signal.SIGINT, signal.SIGTERM)):
     """Hold Ctrl-C and SIGTERM until the block ends, then deliver the first one received: an
     exception raised inside torch.save's writer comes out as an unrelated RuntimeError, so a stop

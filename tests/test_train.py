@@ -3,6 +3,7 @@ checkpoints load with weights_only; same seed, same history; resume equals no in
 
 import csv
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ from cifarcli.augment import augment_batch, crop_size, draw_crop_offsets, reflec
 from cifarcli.checkpoint import load_checkpoint
 from cifarcli.errors import CifarError
 from cifarcli.models import REGISTRY, get_model_entry
-from cifarcli.optim import lr_factor, make_optimizers, orthogonalize
+from cifarcli.optim import lr_factor, orthogonalize
 from cifarcli.run import prepare_run
 from cifarcli.run_folder import HISTORY_FIELDS, RunFolder, open_resumable
 from cifarcli.train import train
@@ -182,10 +183,29 @@ def test_small_map_convolution_computes_what_conv2d_computes(size, pooled):
         assert torch.equal(ours.eval()(inputs), reference(inputs))
 
 
-def test_an_unknown_optimizer_is_refused_in_one_line():
-    model = torch.nn.Linear(2, 2)
-    with pytest.raises(CifarError, match="recipe optimizer 'adamw': choose 'sgd' or 'muon'"):
-        make_optimizers(model, get_model_entry("tutorial").recipe.override(optimizer="adamw"))
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("optimizer=adamw", "--set optimizer=adamw: choose sgd or muon"),
+        ("batch_size=0", "--set batch_size=0: choose a batch size of at least 1"),
+        ("epochs=0", "--set epochs=0.0: choose a number of epochs above 0"),
+        ("epochs=-5", "--set epochs=-5.0: choose a number of epochs above 0"),
+        ("label_smoothing=2", "--set label_smoothing=2.0: choose a label smoothing from 0"),
+        ("flip=sideways", "--set flip=sideways: choose alternating, random or none"),
+        ("tta=7", "--set tta=7: choose 0 (none), 1 (mirror) or 2"),
+        ("crops=0:2", "--set crops=0:2: choose SIZE:EPOCHS stages"),
+        ("bias_lr_scale=0", "--set bias_lr_scale=0.0: choose a scale above 0"),
+    ],
+)
+def test_every_recipe_field_is_checked_whatever_sets_it(setting, message):
+    from cifarcli.models import parse_recipe_settings
+
+    recipe = get_model_entry("tutorial").recipe
+    with pytest.raises(CifarError, match=re.escape(message)):
+        recipe.override(**parse_recipe_settings([setting]))
+    name = setting.partition("=")[0]
+    with pytest.raises(CifarError, match=re.escape(message)):  # as config.json of a resumed run gives it
+        type(recipe)(**{**recipe.to_dict(), name: parse_recipe_settings([setting])[name]})
 
 
 @pytest.mark.slow
