@@ -349,3 +349,11 @@ def test_model_files_that_are_folders_damaged_or_code_are_named_for_what_they_ar
     assert "refused: loading it would run code (torch.nn.modules.linear.Linear)" in one_line(code)
     predicted = runner.invoke(app, ["predict", str(tmp_path), "--model", str(tmp_path / "whole.pt")])
     assert "a checkpoint of `cifar train` exports to one with `cifar export" in one_line(predicted)
+
+
+def test_counts_of_one_are_singular():
+    from cifarcli.report import plural
+
+    assert [plural(1, "epoch"), plural(2, "epoch"), plural(4.5, "epoch"), plural(1000, "image")] == [
+        "1 epoch", "2 epochs", "4.5 epochs", "1,000 images",
+    ]  # fmt: skip
