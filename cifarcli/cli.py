@@ -292,9 +292,12 @@ def predict_command(
 
     with user_errors():
         check_finite(min_confidence=min_confidence)
-        sources = {"storage_options": parse_storage_options(storage_options), "shard": parse_shard(shard)}
-        sources["overwrite"] = overwrite
-        run = prepare_predictions(paths, model, bundled, output, top_k, min_confidence, resume, recursive, **sources)
+        with report.progress_callback() as on_progress:
+            run = prepare_predictions(
+                paths, model, bundled, output, top_k, min_confidence, resume, recursive,
+                storage_options=parse_storage_options(storage_options), shard=parse_shard(shard), overwrite=overwrite,
+                on_listing=lambda count, finished: on_progress("listing files", count, count if finished else None),
+            )  # fmt: skip
         for message in run.notes:
             report.note(message)
         summary = Summary(keep_all=as_json)

@@ -196,11 +196,12 @@ class PredictionRun:
 def prepare_predictions(
     paths: list[str], model: "Path | None", bundled: "str | None", output: "Path | None", top_k: int,
     min_confidence: float, resume: bool, recursive: bool, storage_options: "dict | None" = None,
-    shard: "tuple[int, int] | None" = None, overwrite: bool = False,
+    shard: "tuple[int, int] | None" = None, overwrite: bool = False, on_listing=None,
 ) -> PredictionRun:  # fmt: skip
     """The model (the bundled one when none is given), the files found (the shard's only, with
     --shard), and the output: a new file, with resume the same file continued once it is shown to
-    come from the same model and options, with overwrite an existing file replaced."""
+    come from the same model and options, with overwrite an existing file replaced.
+    on_listing(count, finished): the number of files found so far, while they are listed."""
     from cifarcli.classifier import OnnxClassifier
     from cifarcli.onnx_model import bundled_or_path
 
@@ -220,7 +221,7 @@ def prepare_predictions(
     classes = len(classifier.info.classes)
     if top_k > classes:
         raise CifarError(f"--top-k {top_k}: the model has {classes} classes; choose at most {classes}")
-    files, file_system = discover_images(paths, recursive, storage_options)
+    files, file_system = discover_images(paths, recursive, storage_options, on_listing)
     if not files:
         raise CifarError(f"{' '.join(paths)}: no image files found (jpg, jpeg, png, bmp, gif, webp, tif, tiff)")
     if shard:

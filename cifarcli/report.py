@@ -83,14 +83,15 @@ def new_progress(*extra_columns) -> Progress:
 
 @contextlib.contextmanager
 def progress_callback():
-    """Yields on_progress(description, done, total) that drives one bar per description."""
+    """Yields on_progress(description, done, total) that drives one bar per description (total
+    None: not known yet)."""
     with new_progress(RateColumn()) as progress:
         tasks = {}
 
         def on_progress(description: str, done: int, total: int) -> None:
             if description not in tasks:
                 tasks[description] = progress.add_task(description, total=total)
-            progress.update(tasks[description], completed=done)
+            progress.update(tasks[description], completed=done, total=total)
 
         yield on_progress
 

@@ -73,11 +73,15 @@ def error_for(path: str, value):
 # ---------------------------------------------------------------- finding the files
 
 
+LISTING_REPORT_EVERY = 1024  # files: how often on_found hears how many have been found
+
+
 def discover_images(
-    paths: Iterable[str], recursive: bool = True, storage_options: "dict | None" = None
+    paths: Iterable[str], recursive: bool = True, storage_options: "dict | None" = None, on_found=None
 ) -> tuple[list[str], FileSystem]:
     """Image files under the given files, folders, globs or URLs, in a stable order, each once, and
-    the file system that reads them (one per command).
+    the file system that reads them (one per command). on_found(count, finished) hears the count
+    as it grows, and once more at the end.
 
     Hidden files and folders and non-image names are skipped silently; local symlinks are
     followed, and a folder reached twice (a symlink loop) is walked once."""
@@ -87,12 +91,16 @@ def discover_images(
         raise CifarError(f"{' '.join(paths)}: give the sources of one file system per command")
     protocol = protocols.pop()
     file_system = FileSystem(protocol, storage_options or {})
+    on_found = on_found or (lambda count, finished: None)
     if protocol is None:
-        return discover_local(paths, recursive), file_system
-    return discover_remote(paths, recursive, file_system), file_system
+        found = discover_local(paths, recursive, on_found)
+    else:
+        found = discover_remote(paths, recursive, file_system)
+    on_found(len(found), True)
+    return found, file_system
 
 
-def discover_local(paths: list[str], recursive: bool) -> list[str]:
+def discover_local(paths: list[str], recursive: bool, on_found) -> list[str]:
     found, seen_files, seen_dirs = [], set(), set()
 
     def add_file(path: str):
@@ -100,6 +108,8 @@ def discover_local(paths: list[str], recursive: bool) -> list[str]:
         if key not in seen_files:
             seen_files.add(key)
             found.append(path)
+            if len(found) % LISTING_REPORT_EVERY == 0:
+                on_found(len(found), False)
 
     def walk(folder: str):
         real = os.path.realpath(folder)

@@ -357,3 +357,37 @@ def test_counts_of_one_are_singular():
     assert [plural(1, "epoch"), plural(2, "epoch"), plural(4.5, "epoch"), plural(1000, "image")] == [
         "1 epoch", "2 epochs", "4.5 epochs", "1,000 images",
     ]  # fmt: skip
+
+
+def test_listing_reports_its_count_as_it_grows(tmp_path):
+    from cifarcli.sources import LISTING_REPORT_EVERY, discover_images
+
+    for index in range(2 * LISTING_REPORT_EVERY + 5):
+        (tmp_path / f"{index:05d}.png").touch()
+    heard = []
+    files, _ = discover_images([str(tmp_path)], on_found=lambda count, finished: heard.append((count, finished)))
+    expected = [(LISTING_REPORT_EVERY, False), (2 * LISTING_REPORT_EVERY, False), (len(files), True)]
+    assert heard == expected and len(files) == 2 * LISTING_REPORT_EVERY + 5
+
+
+@pytest.mark.parametrize(
+    ("command", "where", "said"),
+    [
+        (["evaluate", "default", "--data", "{folder}"], ("cifarcli.evaluate", "evaluate"), "nothing was written"),
+        (["export", "{tmp}/last.pt"], ("cifarcli.classifier", "TorchClassifier"), "no file was left half-written"),
+    ],
+)
+def test_ctrl_c_in_evaluate_and_export_says_what_stays_and_exits_130(
+    command, where, said, image_folder, cache_dir, tmp_path, monkeypatch
+):
+    import importlib
+    from types import SimpleNamespace
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the work
+
+    module, name = where
+    stand_in = SimpleNamespace(from_checkpoint=interrupted) if name == "TorchClassifier" else interrupted
+    monkeypatch.setattr(importlib.import_module(module), name, stand_in)
+    result = runner.invoke(app, [part.format(folder=image_folder, tmp=tmp_path) for part in command])
+    assert result.exit_code == 130 and f"interrupted; {said}" in result.stderr
