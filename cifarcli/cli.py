@@ -303,7 +303,8 @@ def predict_command(
         summary = Summary(keep_all=as_json)
         try:
             with report.PredictDisplay(len(run.files)) as display, stops.stop_on_sigterm():
-                run_predictions(run, summary, display.advance, batch_size, threads or cores(), cluster)
+                rows = engine_rows(run, batch_size, threads or cores(), cluster)
+                run_predictions(run, rows, summary, display.advance)
         except (KeyboardInterrupt, stops.Stopped) as stop:
             report.note(run.interrupted_hint(summary, sys.argv[1:]))
             raise typer.Exit(stops.exit_code(stop)) from None
@@ -314,6 +315,19 @@ def predict_command(
         report.show_predictions(summary, top_k, output)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def engine_rows(run, batch_size: int, workers: int, cluster: "str | None"):
+    """The rows of the run's files from the engine chosen: the Dask cluster at `cluster`, or this
+    machine's `workers` threads."""
+    work = (run.files, batch_size, run.top_k)
+    if cluster:
+        from cifarcli.cluster import cluster_rows
+
+        return cluster_rows(cluster, run.model.read_bytes(), *work, run.min_confidence, run.file_system)
+    from cifarcli.predict import predict_files
+
+    return predict_files(run.classifier, *work, workers, run.min_confidence, run.file_system)
 
 
 def stdout_file() -> "tuple[int, int] | None":

@@ -82,8 +82,8 @@ def classify_on_worker(model_bytes, model_hash, files, batch_size, top_k, min_co
     """One task on a worker, batch_size files at a time: its process's ONNX Runtime session, made
     from the model's bytes the first time, one intra-op thread (the worker's threads are the
     parallelism)."""
+    from cifarcli.batches import classify_batch
     from cifarcli.classifier import OnnxClassifier
-    from cifarcli.predict import classify_batch
 
     with SESSIONS_LOCK:
         if model_hash not in SESSIONS:

@@ -122,12 +122,17 @@ ORIENTATIONS = {
 }  # fmt: skip
 
 
+def decodes_without_gil(data: bytes) -> bool:
+    """A JPEG, with simplejpeg installed: libjpeg-turbo decodes it directly, without the GIL."""
+    return simplejpeg is not None and data[:2] == b"\xff\xd8"
+
+
 def decode_jpeg_quickly(data: bytes, size: int) -> "np.ndarray | None":
     """A baseline or progressive RGB or grey JPEG through libjpeg-turbo (simplejpeg), which scales
     it in the DCT as Pillow's draft does and runs without the GIL and without Pillow's per-file
     Python: the same pixels, several times faster on small files. None when Pillow must decode it
     (simplejpeg missing, CMYK, damaged, or over Pillow's pixel limit, which Pillow refuses)."""
-    if simplejpeg is None or data[:2] != b"\xff\xd8":
+    if not decodes_without_gil(data):
         return None
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)

@@ -1,15 +1,14 @@
 """Batch predictions on folders of images through ONNX Runtime; never imports torch.
 
-The pipeline: discover image files -> batches of files, each decoded and run through ONNX
-Runtime by one worker thread (a bounded window of batches, so memory stays flat however many
-files) -> rows, one per image file found, in order, written as they are produced. A file that
-cannot be decoded becomes an error row; it never ends the batch.
+The pipeline: discover image files (prepare_predictions) -> batches of files, each read, decoded
+and classified by batches.classify_batch on one worker thread of this machine (predict_files: a
+bounded window of batches, so the images in memory stay few) or on a Dask worker (cluster.py);
+the CLI chooses the engine -> rows, one per image file found, in order, written as they come
+(run_predictions). A file that cannot be decoded becomes an error row; it never ends the batch.
 """
 
-import contextlib
 import hashlib
 import shlex
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -17,18 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from cifarcli import images
-from cifarcli.classifier import softmax
-from cifarcli.errors import CifarError, ImageDecodeError
+from cifarcli.batches import LOCAL, UNSURE, classify_batch
+from cifarcli.errors import CifarError
 from cifarcli.hardware import cpu_int8_instructions
-from cifarcli.images import decode_image
 from cifarcli.onnx_model import BUNDLED_FOLDER
 from cifarcli.rows import Row, RowWriter
 from cifarcli.sources import FileSystem, discover_images, in_shard
-
-LOCAL = FileSystem()
 
 # The bundled CIFAR-10 model, in fp32 and static INT8 (built within 0.3 points of fp32).
 BUNDLED_MODELS = {"fp32": BUNDLED_FOLDER / "default.onnx", "int8": BUNDLED_FOLDER / "default.int8.onnx"}
@@ -36,14 +29,6 @@ DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
 # Per worker. Each worker's ONNX Runtime call holds its own activations: 64 runs as fast as 256
 # in far less memory (docs/decisions.md).
 PREDICT_BATCH = 64
-UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
-# Small files that Pillow decodes are decoded one at a time. Their decoding is mostly Python
-# (Pillow's header parsing) rather than the codec, and two threads running that Python at once
-# hand the GIL back and forth at every read; larger files, and the JPEGs that libjpeg-turbo
-# decodes directly (images.decode_jpeg_quickly), decode beside each other without the GIL. The
-# two costs are even at about this size (docs/decisions.md).
-ONE_AT_A_TIME_BELOW_BYTES = 8192
-SMALL_FILE_DECODING = threading.Lock()
 
 
 def choose_bundled_model(bundled: "str | None") -> tuple[Path, str]:
@@ -94,49 +79,6 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(rate, 1),
         }
-
-
-# ---------------------------------------------------------------- decoding and inference
-
-
-def decode(data: bytes, name: str, size: int) -> np.ndarray:
-    """decode_image of a file's bytes; small files that Pillow decodes, one thread at a time
-    (ONE_AT_A_TIME_BELOW_BYTES)."""
-    direct = images.simplejpeg is not None and data[:2] == b"\xff\xd8"
-    with SMALL_FILE_DECODING if len(data) < ONE_AT_A_TIME_BELOW_BYTES and not direct else contextlib.nullcontext():
-        return decode_image(data, size, name)
-
-
-def classify_batch(
-    classifier, files: list[str], batch_size: int, top_k: int, min_confidence: float, file_system=LOCAL
-) -> list[Row]:
-    """Read and decode these files and classify those that decode, all on the calling thread: one
-    row per file, in order. The batch is padded to the next power of two (at most batch_size):
-    ONNX Runtime keeps memory for every new input shape it sees, so the shapes stay few."""
-    classes, size = classifier.info.classes, classifier.info.input_size
-    rows, pixels = [], []
-    for path, data in zip(map(str, files), file_system.read(files), strict=True):
-        try:
-            if isinstance(data, ImageDecodeError):
-                raise data
-            pixels.append(decode(data, path, size))
-            rows.append(Row(path))
-        except ImageDecodeError as error:
-            rows.append(Row(path, error=str(error).removeprefix(f"{path}: ")))
-    if not pixels:
-        return rows
-    batch = np.stack(pixels)
-    shape = min(batch_size, 1 << (len(batch) - 1).bit_length())
-    padded = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), np.uint8)])
-    probabilities = softmax(classifier.predict_logits(padded)[: len(batch)] / classifier.info.temperature)
-    ranked = np.argsort(-probabilities, axis=1)[:, :top_k]
-    decoded = [row for row in rows if not row.error]
-    for row, order, probs in zip(decoded, ranked, probabilities, strict=True):
-        row.label, row.confidence = classes[order[0]], float(probs[order[0]])
-        if row.confidence < min_confidence:
-            row.label = UNSURE
-        row.top_k = tuple((classes[i], float(probs[i])) for i in order)
-    return rows
 
 
 def predict_files(
@@ -237,20 +179,11 @@ def prepare_predictions(
     return PredictionRun(model, classifier, files, file_system, writer, top_k, min_confidence, notes)
 
 
-def run_predictions(
-    run: PredictionRun, summary: "Summary", on_row, batch_size: int, workers: int, cluster: "str | None" = None
-) -> "Summary":
-    """Predict the run's files, on this machine's `workers` threads or on the Dask cluster at
-    `cluster`, counting each row in `summary` and writing it as it comes; on_row(summary) after
-    each. The writer is closed however the loop ends, so every row written so far stays in the file."""
+def run_predictions(run: PredictionRun, rows: Iterator[Row], summary: "Summary", on_row) -> "Summary":
+    """Take the rows of the run's files from an engine (predict_files here, or
+    cluster.cluster_rows), counting each in `summary` and writing it as it comes; on_row(summary)
+    after each. The writer is closed however the loop ends, so every row written so far stays."""
     started = time.perf_counter()
-    work = (run.files, batch_size, run.top_k)
-    if cluster:
-        from cifarcli.cluster import cluster_rows
-
-        rows = cluster_rows(cluster, run.model.read_bytes(), *work, run.min_confidence, run.file_system)
-    else:
-        rows = predict_files(run.classifier, *work, workers, run.min_confidence, run.file_system)
     try:
         for row in rows:
             summary.add(row)
