@@ -18,6 +18,7 @@ from cifarcli import __version__, stops
 from cifarcli.errors import CifarError, first_line
 
 CHECKPOINT_FORMAT = 1
+MODEL_CARD_SCHEMA = 2  # 2: the recipe's crop stages (crops); 1: one small crop (small_crop, small_crop_epochs)
 UMASK = os.umask(0o022)  # reading the umask means setting it: set it back at once
 os.umask(UMASK)
 
@@ -57,7 +58,8 @@ class ModelInfo:
     precision: str = "fp32"  # autocast of the training steps; every exact metric is scored in fp32
     val_fraction: float = 0.0  # > 0: trained on a ROOT/<class>/* folder whose test split held this out
     temperature: float = 1.0  # confidences are softmax(logits / temperature); fitted by `cifar export --data`
-    version: str = __version__
+    version: str = __version__  # of the cifarcli that wrote it
+    schema: int = MODEL_CARD_SCHEMA  # of this JSON form; from_dict reads older ones
 
     def to_dict(self) -> dict:
         return {**asdict(self), "metrics": self.metrics.to_dict()}
@@ -68,6 +70,18 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "ModelInfo":
+        """The card in today's schema, from its JSON form in any schema up to this one's."""
+        from cifarcli.models import upgrade_recipe_fields
+
+        schema = values.get("schema", 1)
+        if not isinstance(schema, int) or schema > MODEL_CARD_SCHEMA:
+            raise CifarError(
+                f"{source}: its model card has schema {schema}, newer than this cifarcli {__version__} reads "
+                f"(up to {MODEL_CARD_SCHEMA}); upgrade cifarcli"
+            )
+        values = {**values, "schema": MODEL_CARD_SCHEMA}
+        if schema < 2 and isinstance(values.get("recipe"), dict):
+            values["recipe"] = upgrade_recipe_fields(values["recipe"])
         required = ("model", "classes", "input_size", "mean", "std")
         missing = [key for key in required if key not in values]
         if missing:

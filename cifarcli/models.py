@@ -92,6 +92,16 @@ RECIPE_RULES = {
 }
 
 
+def upgrade_recipe_fields(fields: dict) -> dict:
+    """A recipe as files of older schemas hold it, in today's fields: one small-crop stage
+    (small_crop, small_crop_epochs) became the crop stages ((size, epochs), ...)."""
+    fields = dict(fields)
+    size, epochs = fields.pop("small_crop", None), fields.pop("small_crop_epochs", None)
+    if "crops" not in fields:
+        fields["crops"] = [[size, epochs]] if size and epochs else []
+    return fields
+
+
 def parse_recipe_settings(settings: list[str]) -> dict:
     """`--set FIELD=VALUE` texts -> recipe overrides, each value read as its field's type:
     numbers, true/false, names, and crops as SIZE:EPOCHS pairs ("16:2,24:3"; "" for none)."""

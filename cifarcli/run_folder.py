@@ -22,6 +22,8 @@ HISTORY, CURVES, CONFIG = "history.csv", "curves.png", "config.json"
 CONFUSION = "confusion.png"  # the final weights' confusion matrix, drawn for the trackers (--log)
 TRACKING = "tracking.json"  # what the trackers need to continue: the MLflow run's id
 HELD_OUT = "held_out.txt"  # a class-folder source's test files, one path inside the source a line
+# config.json's schema: 2, the recipe's crop stages (crops); 1 (no "schema" key): one small crop.
+CONFIG_SCHEMA = 2
 HISTORY_FIELDS = [
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_images", "scored_in", "lr", "seconds",
     "images_per_s",
@@ -61,7 +63,21 @@ class RunFolder:
         return [name for name in names if self.file(name).exists()]
 
     def write_config(self, config: dict) -> None:
-        self._write(CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+        self._write(CONFIG, (json.dumps({"schema": CONFIG_SCHEMA, **config}, indent=2) + "\n").encode())
+
+    def read_config(self) -> dict:
+        """config.json in today's schema, from any schema up to this one's (ValueError when
+        unreadable, CifarError when newer than this cifarcli reads)."""
+        from cifarcli.models import upgrade_recipe_fields
+
+        config = json.loads(self.file(CONFIG).read_text())
+        schema = config.get("schema", 1)
+        if not isinstance(schema, int) or schema > CONFIG_SCHEMA:
+            raise CifarError(
+                f"{self.file(CONFIG)}: schema {schema}, newer than this cifarcli reads (up to {CONFIG_SCHEMA}); "
+                "upgrade cifarcli"
+            )
+        return {**config, "schema": CONFIG_SCHEMA, "recipe": upgrade_recipe_fields(config["recipe"])}
 
     def write_history(self, rows: list[dict]) -> None:
         lines = [",".join(HISTORY_FIELDS)] + [",".join(str(row[key]) for key in HISTORY_FIELDS) for row in rows]
@@ -176,7 +192,7 @@ def open_resumable(path: Path) -> ResumableRun:
     if not checkpoint_file.is_file():
         raise CifarError(f"--resume {path}: no {LAST} there; give a run folder or its {LAST}")
     try:
-        config = json.loads(folder.file(CONFIG).read_text())
+        config = folder.read_config()
         recipe, data, precision = config["recipe"], config["data"], config["precision"]
         source, val_fraction = data["source"], float(data.get("val_fraction") or 0)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cifarcli.errors import CifarError
-from cifarcli.run_folder import CONFIG, CONFUSION, CURVES, LAST, RunFolder
+from cifarcli.run_folder import CONFUSION, CURVES, LAST, RunFolder
 from cifarcli.scoring import is_exact
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -95,7 +95,7 @@ class SilentTracker:
     config: dict  # config.json, written before the run starts
 
     def start(self, context, model_name, epochs, steps_per_epoch):
-        self.config = json.loads(self.folder.file(CONFIG).read_text())
+        self.config = self.folder.read_config()
 
     def epoch_start(self, epoch, steps): ...
     def step(self, step, loss, acc, images_per_s): ...
