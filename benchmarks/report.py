@@ -136,7 +136,8 @@ def recipe_cost(model: str, variant: "str | None", costs: dict) -> "float | None
     """Seconds-per-image units of a recipe: the sum over its epochs of each epoch's step cost."""
     sys.path.insert(0, str(ROOT))
     from cifarcli.errors import CifarError
-    from cifarcli.models import get_model_entry, parse_recipe_settings
+    from cifarcli.models import get_model_entry
+    from cifarcli.recipes import parse_recipe_settings
 
     try:
         recipe = get_model_entry(model).recipe.override(**parse_recipe_settings((variant or "").split()))

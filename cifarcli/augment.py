@@ -8,7 +8,7 @@ Only train.py imports this module, so torch is imported at the top.
 import numpy as np
 import torch
 
-from cifarcli.models import Recipe
+from cifarcli.recipes import Recipe
 
 
 def reflect_pad(images: np.ndarray, pad: int) -> np.ndarray:

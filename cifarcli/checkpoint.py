@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cifarcli import __version__, stops
 from cifarcli.errors import CifarError, first_line
+from cifarcli.recipes import upgrade_recipe_fields
 
 CHECKPOINT_FORMAT = 1
 MODEL_CARD_SCHEMA = 2  # 2: the recipe's crop stages (crops); 1: one small crop (small_crop, small_crop_epochs)
@@ -71,8 +72,6 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "ModelInfo":
         """The card in today's schema, from its JSON form in any schema up to this one's."""
-        from cifarcli.models import upgrade_recipe_fields
-
         schema = values.get("schema", 1)
         if not isinstance(schema, int) or schema > MODEL_CARD_SCHEMA:
             raise CifarError(

@@ -125,7 +125,8 @@ def train_command(
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
     from cifarcli import report, stops
     from cifarcli.distributed import launch_local, once_per_machine, shutdown
-    from cifarcli.models import DEFAULT_MODEL, check_input_sizes, get_model_entry, parse_recipe_settings
+    from cifarcli.models import DEFAULT_MODEL, check_input_sizes, get_model_entry
+    from cifarcli.recipes import parse_recipe_settings
     from cifarcli.run import prepare_run, take_run_folder
     from cifarcli.run_folder import LAST, open_resumable
     from cifarcli.tracking import Together, end_all, open_trackers

@@ -8,7 +8,7 @@ imported at the top.
 
 import torch
 
-from cifarcli.models import Recipe
+from cifarcli.recipes import Recipe
 
 LOOKAHEAD_EVERY = 5  # steps between lookahead pulls (airbench)
 NEWTON_SCHULZ_STEPS = 3  # airbench94_muon's choice: enough for CIFAR-size filter banks

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cifarcli.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from cifarcli.errors import CifarError
+from cifarcli.recipes import upgrade_recipe_fields
 
 LAST, BEST = "last.pt", "best.pt"
 HISTORY, CURVES, CONFIG = "history.csv", "curves.png", "config.json"
@@ -68,8 +69,6 @@ class RunFolder:
     def read_config(self) -> dict:
         """config.json in today's schema, from any schema up to this one's (ValueError when
         unreadable, CifarError when newer than this cifarcli reads)."""
-        from cifarcli.models import upgrade_recipe_fields
-
         config = json.loads(self.file(CONFIG).read_text())
         schema = config.get("schema", 1)
         if not isinstance(schema, int) or schema > CONFIG_SCHEMA:

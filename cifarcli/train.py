@@ -5,7 +5,7 @@
 `setup()` builds the model, its optimizers and the training images on the device for a
 RunContext (run.py: device, precision, processes, threads, run folder); `run_epoch()` takes an
 epoch's steps; `record_epoch()` scores it (scoring.py: an estimate, the last epoch exact) and
-saves it; `finish()` gives the result. A run's settings are its Recipe (models.py); progress goes
+saves it; `finish()` gives the result. A run's settings are its Recipe (recipes.py); progress goes
 to an `events` object (report.py draws it), so this module knows nothing of the terminal.
 """
 
@@ -22,8 +22,9 @@ from cifarcli.checkpoint import ModelInfo, materialize
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
-from cifarcli.models import Recipe, channel_mean_std, get_model_entry, whitening_layer
+from cifarcli.models import channel_mean_std, get_model_entry, whitening_layer
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
+from cifarcli.recipes import Recipe
 from cifarcli.run import RunContext, process_settings
 from cifarcli.run_folder import BEST, LAST, ResumableRun, check_same_run
 from cifarcli.small_map_conv import use_matrix_products

@@ -198,7 +198,7 @@ def test_small_map_convolution_computes_what_conv2d_computes(size, pooled):
     ],
 )
 def test_every_recipe_field_is_checked_whatever_sets_it(setting, message):
-    from cifarcli.models import parse_recipe_settings
+    from cifarcli.recipes import parse_recipe_settings
 
     recipe = get_model_entry("tutorial").recipe
     with pytest.raises(CifarError, match=re.escape(message)):
@@ -425,7 +425,7 @@ def test_lookahead_ends_on_the_average():
 
 
 def test_recipe_settings_are_read_as_their_fields_types():
-    from cifarcli.models import parse_recipe_settings
+    from cifarcli.recipes import parse_recipe_settings
 
     settings = ["label_smoothing=0.1", "batch-size=500", "lookahead=true", "flip=random", "crops=16:2,24:3.5"]
     assert parse_recipe_settings(settings) == {
