@@ -6,10 +6,7 @@ described in memory, then saved once, atomically: nothing replaces the destinati
 check has passed. An INT8 file comes after the fp32 one, which it never takes down with it.
 """
 
-import contextlib
 import datetime
-import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,7 +15,7 @@ import numpy as np
 
 from cifarcli import stops
 from cifarcli.checkpoint import atomic_write, check_can_write
-from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, softmax, to_model_input
+from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batches, softmax
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import accuracy, calibration, fit_temperature
@@ -37,7 +34,6 @@ VERIFIED_RUNTIMES = {20: "ONNX Runtime 1.17.3 and newer, OpenCV DNN 4.14"}
 PARITY_IMAGES = 1000
 SPEED_BATCH = 256
 TEMPERATURE_IMAGES = 5000
-INT8_DESCRIPTION = "int8 static QLinearConv (uint8 activations, per-channel 7-bit weights), first convolution in float"
 
 
 @dataclass
@@ -180,6 +176,21 @@ def split_accuracy(classifier, split) -> float:
     return accuracy(predict_in_batches(classifier, split.images, SPEED_BATCH), split.labels)
 
 
+@dataclass(frozen=True)
+class ExportJob:
+    """What one export makes, decided and checked before any work."""
+
+    output: Path  # the fp32 file; --int8's is int8_path_for(output)
+    opset: int
+    dataset: "Dataset | None"  # with it: the parity check on test images, a temperature, INT8's calibration
+    int8: bool
+    calibration_images: int
+    int8_max_loss: float
+    threads: int  # ONNX Runtime's intra-op threads (0: its default)
+    speed: bool  # also time ONNX Runtime
+    export_date: str
+
+
 def export_checkpoint(
     checkpoint: "Path | TorchClassifier",
     output: "Path | None" = None,
@@ -193,10 +204,39 @@ def export_checkpoint(
 ) -> ExportReport:
     """Export a checkpoint (its path, or loaded as a TorchClassifier) to output, beside the
     checkpoint by default. speed: also time ONNX Runtime (a few seconds)."""
+    torch_model = checkpoint if isinstance(checkpoint, TorchClassifier) else TorchClassifier.from_checkpoint(checkpoint)
+    output = Path(output) if output else Path(torch_model.source).with_suffix(".onnx")
+    job = plan_export(torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss, threads, speed)
+    info = torch_model.info
+    proto = build_onnx(torch_model.model, info.input_size, job.opset)
+    onnx_model = OnnxClassifier(described(proto, metadata_for(info, job.export_date)), threads, source=str(output))
+    images, checked_on = parity_images(dataset, info.input_size)
+    expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)
+    max_diff = float(np.abs(expected - actual).max())
+    agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
+    if not (max_diff <= MAX_ABS_DIFF and agreement == 1.0):  # NaN fails too
+        raise CifarError(
+            f"{output}: ONNX Runtime differs from PyTorch (max |diff| {max_diff:.2e} > {MAX_ABS_DIFF:g} "
+            f"or top-1 agreement {agreement:.2%} < 100%); not written, try another --opset"
+        )
+    report = ExportReport(output, 0, job.opset, proto.ir_version, runtimes_for(job.opset), len(images), checked_on,
+                          max_diff, agreement)  # fmt: skip
+    if speed:
+        report.ort_images_per_s = ort_speed(onnx_model, images)
+    if dataset is not None:
+        info = replace(info, temperature=calibrate(onnx_model, dataset, report))
+    data = described(proto, metadata_for(info, job.export_date))
+    report.size_bytes = len(data)
+    save(output, data)
+    if int8:
+        report.int8 = export_int8(job, info, data)
+    return report
+
+
+def plan_export(torch_model, output: Path, opset, dataset, int8, calibration_images, int8_max_loss, threads, speed):
+    """The ExportJob, once every option is checked and the outputs are shown to be writable."""
     import torch
 
-    loaded = isinstance(checkpoint, TorchClassifier)
-    torch_model = checkpoint if loaded else TorchClassifier.from_checkpoint(checkpoint)
     info = torch_model.info
     if not all(bool(torch.isfinite(tensor).all()) for tensor in torch_model.model.state_dict().values()):
         raise CifarError(
@@ -207,7 +247,6 @@ def export_checkpoint(
         raise CifarError(f"--data {dataset.source}: its classes differ from the checkpoint's {info.classes}")
     if int8 and dataset is None:
         raise CifarError("--int8 needs --data: calibration uses training images and the report test accuracy")
-    output = Path(output) if output else Path(torch_model.source).with_suffix(".onnx")
     if output.suffix.lower() != ".onnx":
         raise CifarError(f"-o {output}: the output file must end in .onnx")
     if output.is_dir():
@@ -220,33 +259,9 @@ def export_checkpoint(
         raise CifarError(
             f"--opset {opset}: choose {OLDEST_OPSET} to {newest}, the newest torch and ONNX Runtime both support"
         )
-    opset = opset or DEFAULT_OPSET
     export_date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    proto = build_onnx(torch_model.model, info.input_size, opset)
-    onnx_model = OnnxClassifier(described(proto, metadata_for(info, export_date)), threads, source=str(output))
-    images, checked_on = parity_images(dataset, info.input_size)
-    expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)
-    max_diff = float(np.abs(expected - actual).max())
-    agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
-    if not (max_diff <= MAX_ABS_DIFF and agreement == 1.0):  # NaN fails too
-        raise CifarError(
-            f"{output}: ONNX Runtime differs from PyTorch (max |diff| {max_diff:.2e} > {MAX_ABS_DIFF:g} "
-            f"or top-1 agreement {agreement:.2%} < 100%); not written, try another --opset"
-        )
-    report = ExportReport(output, 0, opset, proto.ir_version, runtimes_for(opset), len(images), checked_on,
-                          max_diff, agreement)  # fmt: skip
-    if speed:
-        report.ort_images_per_s = ort_speed(onnx_model, images)
-    if dataset is not None:
-        info = replace(info, temperature=calibrate(onnx_model, dataset, report))
-    data = described(proto, metadata_for(info, export_date))
-    report.size_bytes = len(data)
-    save(output, data)
-    if int8:
-        fp32_model = OnnxClassifier(data, threads, source=str(output))
-        report.int8 = quantize_int8(data, output, dataset, calibration_images, fp32_model, threads, info,
-                                    export_date, int8_max_loss, speed)  # fmt: skip
-    return report
+    return ExportJob(output, opset or DEFAULT_OPSET, dataset, int8, calibration_images, int8_max_loss, threads, speed,
+                     export_date)  # fmt: skip
 
 
 def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
@@ -264,107 +279,33 @@ def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
     return temperature
 
 
-def drop_unused_opset_imports(proto) -> None:
-    """ONNX Runtime's quantizer imports every domain it knows (ai.onnx.ml 5 among them), which
-    older runtimes refuse to load; keep the domains the graph uses, and the IR version they need."""
-    import onnx
+def export_int8(job: ExportJob, info, fp32_data: bytes) -> dict:
+    """Quantize the written fp32 model (int8.py), calibrated on the job's training images, and
+    write it beside, unless it scores more than int8_max_loss below fp32 on the test split.
+    Returns both models' accuracies (and speeds)."""
+    from cifarcli import int8
 
-    used = {node.domain for node in proto.graph.node} | {""}
-    kept = [entry for entry in proto.opset_import if entry.domain in used]
-    del proto.opset_import[:]
-    proto.opset_import.extend(kept)
-    proto.ir_version = onnx.helper.find_min_ir_version_for(kept, ignore_unknown=True)
-
-
-@contextlib.contextmanager
-def root_logger_quiet():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def quantize_int8(
-    fp32_data: bytes,
-    output: Path,
-    dataset: Dataset,
-    count: int,
-    fp32_model,
-    threads,
-    info,
-    export_date,
-    max_loss,
-    speed,
-):
-    """Static quantization of the convolutions with ONNX Runtime's own tools, calibrated on
-    training images; writes <output>.int8.onnx and returns both models' accuracies (and speeds).
-
-    The format is the one that loads everywhere we checked (benchmarks/portability.py): standard
-    QLinearConv nodes, which OpenCV's importer reads and ONNX Runtime runs as fast as the QDQ form
-    (OpenCV rejects QDQ's DequantizeLinear of constant weights). Activations are uint8 because
-    ONNX Runtime's int8-activation QLinearConv ran 25x slower on x86; only Conv is quantized so
-    that no Microsoft-only operator (QGemm, QLinearMul) enters the file. Weights use 7 bits
-    (reduce_range): on CPUs without VNNI, ONNX Runtime sums pairs of uint8 x int8 products in
-    16 bits, which 8-bit weights can overflow and 7-bit ones cannot, at no cost in accuracy
-    (docs/decisions.md)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    calibration = dataset.train.sample(count).images
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([calibration[i : i + 32] for i in range(0, len(calibration), 32)])
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": to_model_input(batch)}
-
-    int8_path = int8_path_for(output)
-    with tempfile.TemporaryDirectory() as folder:  # the quantizer's tools read and write files
-        fp32_file, prepared, quantized = (Path(folder) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
-        fp32_file.write_bytes(fp32_data)
-        with root_logger_quiet():  # the quantizer's "WARNING:root:Axis 1 is out-of-range ..." chatter
-            quant_pre_process(str(fp32_file), str(prepared), skip_symbolic_shape=True)
-            # The first convolution stays float: airbench's whitening stem scales its filters by
-            # 1/sqrt(eigenvalue), and its int8 output cost the default model most of its accuracy.
-            first_conv = next(node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv")
-            quantize_static(
-                str(prepared),
-                str(quantized),
-                Batches(),
-                quant_format=QuantFormat.QOperator,
-                per_channel=True,
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["Conv"],
-                nodes_to_exclude=[first_conv],
-            )
-        proto = onnx.load(str(quantized))
-    drop_unused_opset_imports(proto)
-    fp32_acc = split_accuracy(fp32_model, dataset.test)
-    int8_acc = split_accuracy(OnnxClassifier(described(proto, metadata_for(info, export_date)), threads), dataset.test)
-    if fp32_acc - int8_acc > max_loss:
+    test, int8_path = job.dataset.test, int8_path_for(job.output)
+    calibration_images = job.dataset.train.sample(job.calibration_images).images
+    proto = int8.quantize(fp32_data, calibration_images)
+    fp32_model = OnnxClassifier(fp32_data, job.threads, source=str(job.output))
+    fp32_acc = split_accuracy(fp32_model, test)
+    int8_acc = split_accuracy(OnnxClassifier(described(proto, metadata_for(info, job.export_date)), job.threads), test)
+    if fp32_acc - int8_acc > job.int8_max_loss:
         raise CifarError(
-            f"{int8_path}: not written (the fp32 {output.name} was), INT8 scores {int8_acc:.2%} against fp32's "
-            f"{fp32_acc:.2%} on the test split, more than --int8-max-loss {max_loss:g} below; calibrate on more "
-            "images (--calibration-images) or raise the limit"
+            f"{int8_path}: not written (the fp32 {job.output.name} was), INT8 scores {int8_acc:.2%} against fp32's "
+            f"{fp32_acc:.2%} on the test split, more than --int8-max-loss {job.int8_max_loss:g} below; calibrate on "
+            "more images (--calibration-images) or raise the limit"
         )
     # The INT8 file describes itself: its own accuracy, the fp32 figure beside it, and none of
     # the fp32 model's other test figures (loss, TTA), which it was not measured for.
     metrics = {"test_acc": round(int8_acc, 5), "fp32_test_acc": round(fp32_acc, 5)}
     quantized_info = info.measured(info.epoch, **metrics, train_seconds=info.metrics.train_seconds)
-    data = described(proto, metadata_for(quantized_info, export_date, INT8_DESCRIPTION))
+    data = described(proto, metadata_for(quantized_info, job.export_date, int8.DESCRIPTION))
     save(int8_path, data)
-    result = {"path": str(int8_path), "size_bytes": len(data), "calibration_images": len(calibration),
+    result = {"path": str(int8_path), "size_bytes": len(data), "calibration_images": len(calibration_images),
               "fp32_test_acc": fp32_acc, "int8_test_acc": int8_acc}  # fmt: skip
-    if speed:
-        int8_model = OnnxClassifier(data, threads)
-        result["fp32_images_per_s"] = ort_speed(fp32_model, dataset.test.images[:SPEED_BATCH])
-        result["int8_images_per_s"] = ort_speed(int8_model, dataset.test.images[:SPEED_BATCH])
+    if job.speed:
+        result["fp32_images_per_s"] = ort_speed(fp32_model, test.images[:SPEED_BATCH])
+        result["int8_images_per_s"] = ort_speed(OnnxClassifier(data, job.threads), test.images[:SPEED_BATCH])
     return result
