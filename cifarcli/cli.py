@@ -1,65 +1,23 @@
 """The `cifar` command: parse options, call one library function, render the result.
 
-Library code raises CifarError; `user_errors()` turns it into one line on stderr and its exit
-code (CIFARCLI_DEBUG=1 shows tracebacks instead)."""
+Each command runs inside exits.user_errors(), which turns the library's CifarError into one
+line and an exit code; exits.run_app() ends the process."""
 
-import contextlib
-import gc
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import typer
 
+from cifarcli import exits
 from cifarcli import options as opt
-from cifarcli.errors import CifarError, check_finite, first_line
+from cifarcli.errors import CifarError, check_finite
+from cifarcli.exits import stops_said, user_errors
 
 app = typer.Typer(
     help="Train, evaluate, export and serve a small image classifier, one command each.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-# What the extras add to the inference-only install (predict, evaluate .onnx): package -> extra.
-OPTIONAL_PACKAGES = {
-    "torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "plots",
-    "tensorboard": "tensorboard", "mlflow": "mlflow", "distributed": "dask", "dask": "dask", "fsspec": "dask",
-    "s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure", "aiohttp": "http",
-}  # fmt: skip
-HELP_MIN_WIDTH = 80  # columns: the widest option name and its type stay whole in --help
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader (`| head`) stopped reading, as a shell reports it
-
-
-@contextlib.contextmanager
-def user_errors():
-    try:
-        yield
-    except (CifarError, OSError) as error:
-        if os.environ.get("CIFARCLI_DEBUG"):
-            raise
-        from cifarcli import report
-
-        if isinstance(error, CifarError):
-            report.error_line(str(error))
-            raise typer.Exit(error.exit_code) from None
-        # A full disk or a vanished folder mid-run; files written earlier were replaced atomically.
-        report.error_line(f"{error.filename or 'output'}: {error.strerror or error}; check the path and free space")
-        raise typer.Exit(1) from None
-
-
-@contextlib.contextmanager
-def stops_said(kept: str):
-    """Ctrl-C or SIGTERM end the command with one line saying what stays, and 130 or 143."""
-    from cifarcli import report, stops
-
-    try:
-        with stops.stop_on_sigterm():
-            yield
-    except (KeyboardInterrupt, stops.Stopped) as stop:
-        report.note(f"interrupted; {kept}")
-        raise typer.Exit(stops.exit_code(stop)) from None
 
 
 @app.callback()
@@ -123,14 +81,12 @@ def train_command(
     as_json: opt.Json = False,
 ):
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
-    from cifarcli import report, stops
-    from cifarcli.distributed import launch_local, once_per_machine, shutdown
+    from cifarcli import report
+    from cifarcli.distributed import launch_local, once_per_machine
     from cifarcli.models import DEFAULT_MODEL, check_input_sizes, get_model_entry
     from cifarcli.recipes import parse_recipe_settings
     from cifarcli.run import prepare_run, take_run_folder
-    from cifarcli.run_folder import LAST, open_resumable
-    from cifarcli.tracking import Together, end_all, open_trackers
-    from cifarcli.train import train
+    from cifarcli.run_folder import open_resumable
 
     display = report.TrainDisplay()
     with user_errors():
@@ -156,30 +112,43 @@ def train_command(
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
         check_input_sizes(model, recipe, dataset.train.images.shape[1], len(dataset.classes))
         context = context if resumed else take_run_folder(context, out or Path("runs/train"), name or "exp")
-        trackers, result = open_trackers(log or [], context.folder), None
-        try:
-            result = train(dataset, model, recipe, context, Together(display, *trackers), resumed)
-            for tracker in trackers:
-                tracker.finish(result, dataset)
-            end_all(trackers, "FINISHED")
-        except (KeyboardInterrupt, stops.Stopped) as stop:
-            display.close()
-            end_all(trackers, "KILLED")
-            hint = f"resume with: cifar train --resume {context.folder.path}"
-            report.note(f"interrupted; {hint if context.folder.file(LAST).exists() else 'no epoch had completed'}")
-            raise typer.Exit(stops.exit_code(stop)) from None
-        except BaseException:
-            end_all(trackers, "FAILED")
-            raise
-        finally:
-            display.close()
-            shutdown(context.ranks, finished=result is not None)
+        result = train_with_trackers(dataset, model, recipe, context, resumed, log or [], display)
     if not context.ranks.is_main:
         return
     if as_json:
         report.print_json(result.to_dict())
     else:
         report.show_training_result(result)
+
+
+def train_with_trackers(dataset, model, recipe, context, resumed, log: list[str], display):
+    """Train with the display and the trackers asked for listening, and end the trackers
+    FINISHED, KILLED (Ctrl-C or SIGTERM: say how to resume, exit 130 or 143) or FAILED."""
+    from cifarcli import report, stops
+    from cifarcli.distributed import shutdown
+    from cifarcli.run_folder import LAST
+    from cifarcli.tracking import Together, end_all, open_trackers
+    from cifarcli.train import train
+
+    trackers, result = open_trackers(log, context.folder), None
+    try:
+        result = train(dataset, model, recipe, context, Together(display, *trackers), resumed)
+        for tracker in trackers:
+            tracker.finish(result, dataset)
+        end_all(trackers, "FINISHED")
+        return result
+    except (KeyboardInterrupt, stops.Stopped) as stop:
+        display.close()
+        end_all(trackers, "KILLED")
+        hint = f"resume with: cifar train --resume {context.folder.path}"
+        report.note(f"interrupted; {hint if context.folder.file(LAST).exists() else 'no epoch had completed'}")
+        raise typer.Exit(stops.exit_code(stop)) from None
+    except BaseException:
+        end_all(trackers, "FAILED")
+        raise
+    finally:
+        display.close()
+        shutdown(context.ranks, finished=result is not None)
 
 
 # ---------------------------------------------------------------- cifar evaluate
@@ -331,57 +300,5 @@ def engine_rows(run, batch_size: int, workers: int, cluster: "str | None"):
     return predict_files(run.classifier, *work, workers, run.min_confidence, run.file_system)
 
 
-def stdout_file() -> "tuple[int, int] | None":
-    """What file descriptor 1 is (device, inode), to notice it was sent to /dev/null."""
-    try:
-        status = os.fstat(1)
-    except OSError:
-        return None
-    return status.st_dev, status.st_ino
-
-
 def main():
-    from cifarcli import report
-
-    usage_error = typer.BadParameter.__mro__[1]  # click's UsageError (typer may vendor click)
-    if shutil.get_terminal_size().columns < HELP_MIN_WIDTH:  # narrower help tables cut option names
-        from typer import rich_utils
-
-        rich_utils.MAX_WIDTH = HELP_MIN_WIDTH
-    stdout_before = stdout_file()
-    try:
-        # standalone_mode=False: usage errors come here, to be one line like every other error.
-        code = app(prog_name="cifar", standalone_mode=False)
-    except usage_error as error:  # a value out of range, an unknown option, a missing argument
-        command = error.ctx.command_path if error.ctx else "cifar"
-        report.error_line(f"{first_line(error.format_message(), 400)} (see {command} --help)")
-        raise SystemExit(error.exit_code) from None
-    except typer.Abort:  # Ctrl-C or end of input outside a command's own handling
-        raise SystemExit(130) from None
-    except SystemExit as exit_:
-        # rich and typer end a broken pipe with 1, quietly, after sending stdout to /dev/null (rich)
-        # or wrapping it (typer): say it as a shell does.
-        if exit_.code == 1 and (stdout_file() != stdout_before or type(sys.stdout).__name__ == "PacifyFlushWrapper"):
-            raise SystemExit(EXIT_BROKEN_PIPE) from None
-        raise
-    except Exception as error:  # a missing training package, or a bug: one line unless debugging
-        if os.environ.get("CIFARCLI_DEBUG"):
-            raise
-
-        package = (getattr(error, "name", None) or "").split(".")[0]
-        if isinstance(error, ModuleNotFoundError) and package in OPTIONAL_PACKAGES:
-            report.error_line(
-                f"this command needs {package}, which this install lacks; "
-                f"install it with: pip install 'cifarcli[{OPTIONAL_PACKAGES[package]}]'"
-            )
-            raise SystemExit(2) from None
-        report.error_line(
-            f"unexpected {type(error).__name__}: {first_line(error)} (set CIFARCLI_DEBUG=1 for the traceback)"
-        )
-        raise SystemExit(1) from None
-    else:
-        raise SystemExit(code if isinstance(code, int) else 0)
-    finally:
-        # The process ends next, and its last garbage collection would walk every object of
-        # every imported module (numpy, onnxruntime, rich): frozen objects are skipped.
-        gc.freeze()
+    exits.run_app(app, prog_name="cifar")
