@@ -14,11 +14,8 @@ Whatever the source, the result is a `Dataset` of two `Split`s holding uint8 RGB
 
 import contextlib
 import hashlib
-import io
 import os
-import pickle
 import tarfile
-import typing
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarcli.checkpoint import atomic_write
+from cifarcli.cifar_batches import read_cifar_batches
 from cifarcli.errors import CifarError, ImageDecodeError, first_line
 from cifarcli.images import decode_image, is_image_name
 
@@ -178,7 +176,7 @@ def write_cache(cache_file: Path, dataset: Dataset) -> None:
 def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float, threads: int) -> Dataset:
     name = path.name.lower()
     if path.is_dir() and (path / "data_batch_1").exists():
-        return read_cifar_batches(lambda member: (path / member).read_bytes(), str(path), size)
+        return batches_dataset(lambda member: (path / member).read_bytes(), str(path), size)
     if path.is_dir():
         return read_image_folder(iter_folder_images(path), str(path), size, on_progress, val_fraction, threads)
     if name.endswith(ARCHIVE_SUFFIXES):
@@ -187,7 +185,7 @@ def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_frac
                 batches = [member for member in names if member.endswith("cifar-10-batches-py/data_batch_1")]
                 if batches:
                     prefix = batches[0][: -len("data_batch_1")]
-                    return read_cifar_batches(lambda member: read(prefix + member), str(path), size)
+                    return batches_dataset(lambda member: read(prefix + member), str(path), size)
                 images = ((member, read(member)) for member in names if is_image_name(member))
                 return read_image_folder(images, str(path), size, on_progress, val_fraction, threads)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
@@ -196,6 +194,12 @@ def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_frac
         f"--data {path}: not a data source; give an image folder (ROOT/train/<class>, ROOT/test/<class> "
         "or ROOT/<class>), a .tar.gz/.tgz/.zip of one, or the official cifar-10-python.tar.gz"
     )
+
+
+def batches_dataset(read_member: Callable[[str], bytes], source: str, size: int) -> Dataset:
+    """The official cifar-10-batches-py layout (cifar_batches.py) as a Dataset."""
+    (train_images, train_labels), (test_images, test_labels), classes = read_cifar_batches(read_member, source, size)
+    return Dataset(Split(train_images, train_labels), Split(test_images, test_labels), classes, source)
 
 
 @contextlib.contextmanager
@@ -209,61 +213,6 @@ def open_archive(path: Path):
     with tarfile.open(path, "r:*") as archive:
         members = {member.name: member for member in archive.getmembers() if member.isfile()}
         yield list(members), lambda name: archive.extractfile(members[name]).read()
-
-
-# ---------------------------------------------------------------- the official pickles
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """CIFAR's batches are pickles: allow the few numpy types they hold and nothing that runs code."""
-
-    ALLOWED: typing.ClassVar = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def unpickle_batch(raw: bytes) -> dict:
-    return NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
-
-
-def read_cifar_batches(read_member: Callable[[str], bytes], source: str, size: int) -> Dataset:
-    """Read the official layout: data_batch_1..5, test_batch, batches.meta."""
-
-    def read_split(names: list[str]) -> Split:
-        images, labels = [], []
-        for member in names:
-            batch = unpickle_batch(read_member(member))
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            images.append(data.transpose(0, 2, 3, 1))
-            labels.extend(batch[b"labels"])
-        pixels = np.ascontiguousarray(np.concatenate(images))
-        if size != 32:
-            pixels = np.stack([resize_array(image, size) for image in pixels])
-        return Split(pixels, np.asarray(labels, dtype=np.int64))
-
-    try:
-        meta = unpickle_batch(read_member("batches.meta"))
-        classes = [name.decode() for name in meta[b"label_names"]]
-        train = read_split([f"data_batch_{i}" for i in range(1, 6)])
-        test = read_split(["test_batch"])
-    except (KeyError, FileNotFoundError, pickle.UnpicklingError, ValueError, EOFError) as error:
-        raise CifarError(f"--data {source}: not a valid cifar-10-batches-py layout ({first_line(error)})") from None
-    return Dataset(train, test, classes, source)
-
-
-def resize_array(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
 
 
 # ---------------------------------------------------------------- image folders

@@ -158,7 +158,7 @@ def test_no_network_download_fails_with_a_hint_to_pass_data(tmp_path, monkeypatc
 
 
 def test_restricted_unpickler_still_reads_numpy_arrays():
-    from cifarcli.data import unpickle_batch
+    from cifarcli.cifar_batches import unpickle_batch
 
     batch = fake_batch(2, 0)
     loaded = unpickle_batch(pickle.dumps(batch, protocol=2))
