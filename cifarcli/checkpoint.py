@@ -72,14 +72,9 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "ModelInfo":
         """The card in today's schema, from its JSON form in any schema up to this one's."""
-        schema = values.get("schema", 1)
-        if not isinstance(schema, int) or schema > MODEL_CARD_SCHEMA:
-            raise CifarError(
-                f"{source}: its model card has schema {schema}, newer than this cifarcli {__version__} reads "
-                f"(up to {MODEL_CARD_SCHEMA}); upgrade cifarcli"
-            )
+        readable_schema(values, MODEL_CARD_SCHEMA, f"{source}: its model card")  # every older one upgrades alike
         values = {**values, "schema": MODEL_CARD_SCHEMA}
-        if schema < 2 and isinstance(values.get("recipe"), dict):
+        if isinstance(values.get("recipe"), dict):
             values["recipe"] = upgrade_recipe_fields(values["recipe"])
         required = ("model", "classes", "input_size", "mean", "std")
         missing = [key for key in required if key not in values]
@@ -97,6 +92,20 @@ class ModelInfo:
         except (TypeError, ValueError, AttributeError) as error:
             raise CifarError(f"{source}: malformed model description ({first_line(error)})") from None
         return info
+
+
+def readable_schema(values: dict, newest: int, what: str) -> int:
+    """The schema a JSON file declares (1 where it declares none, as files from before schemas),
+    or a one-line CifarError for a malformed one or one newer than this cifarcli reads."""
+    schema = values.get("schema", 1)
+    if type(schema) is not int or schema < 1:
+        raise CifarError(f"{what}: malformed schema {schema!r}; write it again with cifarcli")
+    if schema > newest:
+        raise CifarError(
+            f"{what} has schema {schema}, newer than this cifarcli {__version__} reads (up to {newest}); "
+            "upgrade cifarcli"
+        )
+    return schema
 
 
 def atomic_write(path: Path, write) -> None:

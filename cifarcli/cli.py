@@ -40,6 +40,9 @@ def load_data(data, size, cache_dir, val_fraction=None):
     return dataset
 
 
+# Every file is written atomically: a stop leaves each file whole, the new one or the one before.
+EVERY_FILE_WHOLE = "no file is left half-written"
+
 # ---------------------------------------------------------------- cifar models
 
 
@@ -173,7 +176,7 @@ def evaluate_command(
     from cifarcli.classifier import load_classifier
     from cifarcli.evaluate import evaluate, write_outputs
 
-    with user_errors(), stops_said("nothing was written"):
+    with user_errors(), stops_said(EVERY_FILE_WHOLE):
         check_finite(val_fraction=val_fraction)
         classifier = load_classifier(model)
         val_fraction = val_fraction if val_fraction is not None else classifier.info.val_fraction or None
@@ -217,7 +220,7 @@ def export_command(
     from cifarcli.classifier import TorchClassifier
     from cifarcli.export import export_checkpoint
 
-    with user_errors(), stops_said("no file was left half-written, and any already there is as it was"):
+    with user_errors(), stops_said(EVERY_FILE_WHOLE):
         torch_model = TorchClassifier.from_checkpoint(checkpoint)
         info = torch_model.info
         dataset = load_data(data, info.input_size, cache_dir, info.val_fraction or None) if data else None

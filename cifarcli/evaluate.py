@@ -153,7 +153,7 @@ def most_confused_pairs(confusion: np.ndarray, classes: list[str], count: int = 
     return [
         {"true": classes[t], "predicted": classes[p], "count": int(confusion[t, p])}
         for t, p in pairs
-        if confusion[t, p]
+        if off_diagonal[t, p]
     ]
 
 

@@ -251,14 +251,14 @@ def plan_export(torch_model, output: Path, opset, dataset, int8, calibration_ima
         raise CifarError(f"-o {output}: the output file must end in .onnx")
     if output.is_dir():
         raise CifarError(f"-o {output}: is a folder; give a file name ending in .onnx")
-    check_can_write(output)  # before the work, not after it
-    if int8:
-        check_can_write(int8_path_for(output))
     newest = newest_supported_opset()
     if opset is not None and not OLDEST_OPSET <= opset <= newest:
         raise CifarError(
             f"--opset {opset}: choose {OLDEST_OPSET} to {newest}, the newest torch and ONNX Runtime both support"
         )
+    check_can_write(output)  # last of the checks (it makes the folder), before the work
+    if int8:
+        check_can_write(int8_path_for(output))
     export_date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return ExportJob(output, opset or DEFAULT_OPSET, dataset, int8, calibration_images, int8_max_loss, threads, speed,
                      export_date)  # fmt: skip

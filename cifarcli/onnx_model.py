@@ -132,20 +132,18 @@ def check_graph_matches_card(session, info: ModelInfo, source: str) -> None:
     """Refuse a graph that cannot take what its model card promises: one float32 input of any
     batch, INPUT_LAYOUT at the card's input size, and one output of one logit per class."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
+    problem = None
     if len(inputs) != 1 or len(outputs) != 1:
         problem = f"has {len(inputs)} inputs and {len(outputs)} outputs, not one of each"
     else:
-        (given,), (taken,) = inputs, outputs
-        expected = [3, info.input_size, info.input_size]
-        classes = len(info.classes)
-        problem = None
-        if given.type != "tensor(float)" or len(given.shape) != 4 or given.shape[1:] != expected:
-            problem = (
-                f"takes {given.type} {given.shape}, where its card says float32 N x {' x '.join(map(str, expected))}"
-            )
-        elif isinstance(given.shape[0], int):
-            problem = f"takes a fixed batch of {given.shape[0]} images, not any number"
-        elif len(taken.shape) != 2 or (isinstance(taken.shape[1], int) and taken.shape[1] != classes):
-            problem = f"gives {taken.shape}, where its card has {classes} classes"
+        images, logits = inputs[0], outputs[0]
+        expected, classes = [3, info.input_size, info.input_size], len(info.classes)
+        if images.type != "tensor(float)" or len(images.shape) != 4 or images.shape[1:] != expected:
+            promised = " x ".join(map(str, ["N", *expected]))
+            problem = f"takes {images.type} {images.shape}, where its card says float32 {promised}"
+        elif isinstance(images.shape[0], int):
+            problem = f"takes a fixed batch of {images.shape[0]} images, not any number"
+        elif len(logits.shape) != 2 or (isinstance(logits.shape[1], int) and logits.shape[1] != classes):
+            problem = f"gives {logits.shape}, where its card has {classes} classes"
     if problem:
         raise CifarError(f"{source}: its graph does not match its model card: it {problem}; export it again")

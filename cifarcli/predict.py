@@ -131,7 +131,8 @@ class PredictionRun:
         """The line a stopped run ends with: what was kept, and the command that continues it."""
         if not self.writer:
             return f"interrupted after {summary.images:,} images; --output FILE keeps rows, and --resume continues them"
-        command = shlex.join(["cifar", *arguments, *([] if "--resume" in arguments else ["--resume"])])
+        kept = [argument for argument in arguments if argument != "--overwrite"]  # the rows are now to continue
+        command = shlex.join(["cifar", *kept, *([] if "--resume" in kept else ["--resume"])])
         return f"interrupted; {self.writer.count:,} rows written to {self.writer.path}; continue with: {command}"
 
 
@@ -171,6 +172,8 @@ def prepare_predictions(
         notes.append(f"shard {shard[0]}/{shard[1]}: {len(files):,} of the files found")
     if resume and not output:
         raise CifarError("--resume: give the --output file of the run to continue")
+    if overwrite and not output:
+        raise CifarError("--overwrite: give the --output file to replace")
     provenance = {"model_sha256": file_sha256(model), "top_k": top_k, "min_confidence": min_confidence}
     writer = RowWriter(output, top_k, resume, provenance, overwrite) if output else None
     if writer and writer.done:

@@ -92,14 +92,14 @@ RECIPE_RULES = {
 }
 
 
-def upgrade_recipe_fields(fields: dict) -> dict:
+def upgrade_recipe_fields(recorded: dict) -> dict:
     """A recipe as files of older schemas hold it, in today's fields: one small-crop stage
     (small_crop, small_crop_epochs) became the crop stages ((size, epochs), ...)."""
-    fields = dict(fields)
-    size, epochs = fields.pop("small_crop", None), fields.pop("small_crop_epochs", None)
-    if "crops" not in fields:
-        fields["crops"] = [[size, epochs]] if size and epochs else []
-    return fields
+    upgraded = dict(recorded)
+    size, epochs = upgraded.pop("small_crop", None), upgraded.pop("small_crop_epochs", None)
+    if "crops" not in upgraded:
+        upgraded["crops"] = [[size, epochs]] if size and epochs else []
+    return upgraded
 
 
 def parse_recipe_settings(settings: list[str]) -> dict:

@@ -46,7 +46,7 @@ class RowWriter:
         if resume and overwrite:
             raise CifarError("--resume and --overwrite: choose one (continue the rows, or replace them)")
         # An existing file is continued (--resume) or replaced (--overwrite), never replaced unasked.
-        if not (resume or overwrite) and path.is_file() and path.stat().st_size:
+        if not (resume or overwrite) and holds_rows(path, suffix):
             raise CifarError(
                 f"--output {path}: already holds rows; continue them with --resume, or replace them with --overwrite"
             )
@@ -114,6 +114,19 @@ class RowWriter:
             self.file.close()
         except OSError as error:
             raise self.write_failed(error) from None
+
+
+def holds_rows(path: Path, suffix: str) -> bool:
+    """Whether an output file holds a row (a header alone, as a run stopped before its first
+    row leaves it, holds none)."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(1 << 16)
+    except OSError:
+        return False
+    if suffix == ".csv":
+        return len(start.splitlines()) > 1
+    return b"{" in start
 
 
 def check_provenance(path: Path, record: Path, provenance: dict) -> None:

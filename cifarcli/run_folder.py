@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifarcli.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from cifarcli.checkpoint import atomic_write, load_checkpoint, readable_schema, save_checkpoint
 from cifarcli.errors import CifarError
 from cifarcli.recipes import upgrade_recipe_fields
 
@@ -70,12 +70,7 @@ class RunFolder:
         """config.json in today's schema, from any schema up to this one's (ValueError when
         unreadable, CifarError when newer than this cifarcli reads)."""
         config = json.loads(self.file(CONFIG).read_text())
-        schema = config.get("schema", 1)
-        if not isinstance(schema, int) or schema > CONFIG_SCHEMA:
-            raise CifarError(
-                f"{self.file(CONFIG)}: schema {schema}, newer than this cifarcli reads (up to {CONFIG_SCHEMA}); "
-                "upgrade cifarcli"
-            )
+        readable_schema(config, CONFIG_SCHEMA, str(self.file(CONFIG)))  # every older one upgrades alike
         return {**config, "schema": CONFIG_SCHEMA, "recipe": upgrade_recipe_fields(config["recipe"])}
 
     def write_history(self, rows: list[dict]) -> None:

@@ -56,5 +56,7 @@ def test_a_newer_schema_is_refused_in_one_line(tmp_path):
     folder = run_folder_with("config.schema2.json", tmp_path)
     config = json.loads(folder.file(CONFIG).read_text())
     folder.file(CONFIG).write_text(json.dumps({**config, "schema": CONFIG_SCHEMA + 1}))
-    with pytest.raises(CifarError, match="newer than this cifarcli reads"):
+    with pytest.raises(CifarError, match="newer than this cifarcli"):
         folder.read_config()
+    with pytest.raises(CifarError, match="malformed schema '2'"):
+        ModelInfo.from_dict({**card, "schema": "2"}, "odd.onnx")

@@ -371,14 +371,14 @@ def test_listing_reports_its_count_as_it_grows(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("command", "where", "said"),
+    ("command", "where"),
     [
-        (["evaluate", "default", "--data", "{folder}"], ("cifarcli.evaluate", "evaluate"), "nothing was written"),
-        (["export", "{tmp}/last.pt"], ("cifarcli.classifier", "TorchClassifier"), "no file was left half-written"),
+        (["evaluate", "default", "--data", "{folder}"], ("cifarcli.evaluate", "evaluate")),
+        (["export", "{tmp}/last.pt"], ("cifarcli.classifier", "TorchClassifier")),
     ],
 )
 def test_ctrl_c_in_evaluate_and_export_says_what_stays_and_exits_130(
-    command, where, said, image_folder, cache_dir, tmp_path, monkeypatch
+    command, where, image_folder, cache_dir, tmp_path, monkeypatch
 ):
     import importlib
     from types import SimpleNamespace
@@ -390,4 +390,32 @@ def test_ctrl_c_in_evaluate_and_export_says_what_stays_and_exits_130(
     stand_in = SimpleNamespace(from_checkpoint=interrupted) if name == "TorchClassifier" else interrupted
     monkeypatch.setattr(importlib.import_module(module), name, stand_in)
     result = runner.invoke(app, [part.format(folder=image_folder, tmp=tmp_path) for part in command])
-    assert result.exit_code == 130 and f"interrupted; {said}" in result.stderr
+    assert result.exit_code == 130 and "interrupted; no file is left half-written" in result.stderr
+
+
+def test_an_output_with_a_header_alone_holds_no_rows_and_is_replaced(pictures, tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("path,label,confidence,error\n")  # as a run stopped before its first row leaves it
+    assert runner.invoke(app, ["predict", str(pictures), "-o", str(rows)]).exit_code == 0
+    assert len(rows.read_text().splitlines()) == 4
+    alone = runner.invoke(app, ["predict", str(pictures), "--overwrite"])
+    assert alone.exit_code == 2 and "--overwrite: give the --output file to replace" in one_line(alone)
+
+
+def test_the_resume_command_after_a_stop_continues_rather_than_overwrites(pictures, tmp_path):
+    from cifarcli.predict import PredictionRun, Summary
+    from cifarcli.rows import RowWriter
+
+    writer = RowWriter(tmp_path / "rows.csv", 1, overwrite=True)
+    run = PredictionRun(tmp_path / "m.onnx", None, [], None, writer, 1, 0.0)
+    hint = run.interrupted_hint(Summary(), ["predict", str(pictures), "-o", str(tmp_path / "rows.csv"), "--overwrite"])
+    writer.close()
+    assert hint.endswith(f"continue with: cifar predict {pictures} -o {tmp_path / 'rows.csv'} --resume")
+
+
+def test_the_most_confused_pairs_are_mistakes_only():
+    from cifarcli.evaluate import most_confused_pairs
+
+    confusion = np.array([[20, 3, 0], [0, 20, 0], [1, 0, 20]])
+    pairs = most_confused_pairs(confusion, ["a", "b", "c"])
+    assert pairs == [{"true": "a", "predicted": "b", "count": 3}, {"true": "c", "predicted": "a", "count": 1}]
