@@ -39,7 +39,7 @@ def detected_cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """bf16 matrix instructions: without them, bf16 autocast is 9-16x slower than fp32."""
+    """bf16 matrix instructions: without them, bf16 autocast is many times slower than fp32 (docs/decisions.md)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
