@@ -251,21 +251,7 @@ def read_image_folder(
     if not set(test_classes) <= set(classes):
         extra = ", ".join(sorted(set(test_classes) - set(classes)))
         raise CifarError(f"--data {source}: test/ has classes that train/ lacks: {extra}")
-
-    def decode(entry):
-        _, _, name, payload = entry
-        try:
-            return decode_image(payload, size), None
-        except ImageDecodeError as error:
-            return None, f"{name}: {str(error).split(': ', 1)[-1]}"
-
-    results = []
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for done, result in enumerate(pool.map(decode, entries, chunksize=256), 1):
-            results.append(result)
-            if done % 1000 == 0 or done == len(entries):
-                on_progress("decoding images", done, len(entries))
-
+    results = decode_entries(entries, size, threads, on_progress)
     index = {name: i for i, name in enumerate(classes)}
     splits, skipped = {}, []
     for split in ("train", "test"):
@@ -286,6 +272,26 @@ def read_image_folder(
     decoded = zip(entries, results, strict=True)
     test_files = sorted(name for (split, _, name, _), (_, error) in decoded if split == "test" and not error)
     return Dataset(splits["train"], splits["test"], classes, source, skipped, val_fraction, test_files)
+
+
+def decode_entries(entries: list[tuple], size: int, threads: int, on_progress: ProgressCallback) -> list[tuple]:
+    """(pixels, None) or (None, "<name>: why") for each (split, class, name, payload), in order,
+    decoded on `threads` threads."""
+
+    def decode(entry):
+        _, _, name, payload = entry
+        try:
+            return decode_image(payload, size), None
+        except ImageDecodeError as error:
+            return None, f"{name}: {str(error).split(': ', 1)[-1]}"
+
+    results = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for done, result in enumerate(pool.map(decode, entries, chunksize=256), 1):
+            results.append(result)
+            if done % 1000 == 0 or done == len(entries):
+                on_progress("decoding images", done, len(entries))
+    return results
 
 
 def hold_out(files: list[tuple[str, str, object]], fraction: float, source: str) -> list[tuple]:

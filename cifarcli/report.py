@@ -26,8 +26,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-# Every name that reaches the terminal (paths, class names, errors, commands such as
-# "pip install 'cifarcli[train]'") is escaped: rich would read "[bold]evil.jpg" as markup.
+# Names reach the terminal escaped (paths, classes, errors, "cifarcli[train]"): rich reads "[bold]x" as markup.
 
 
 def error_line(message: str) -> None:
@@ -146,9 +145,8 @@ def scored_on(row: dict) -> str:
 
 
 def show_training_result(result) -> None:
-    table = Table(title=f"Training: {escape(str(result.run_dir))}")
-    for column in ("epoch", "train loss", "train acc", "test loss", "test acc", "scored on", "lr", "seconds", "img/s"):
-        table.add_column(column, justify="right")
+    columns = "epoch>|train loss>|train acc>|test loss>|test acc>|scored on>|lr>|seconds>|img/s>"
+    table = table_of(f"Training: {escape(str(result.run_dir))}", columns)
     for row in result.history:
         table.add_row(
             str(row["epoch"]),
@@ -169,16 +167,16 @@ def show_training_result(result) -> None:
     out.print(escape(f"wrote {', '.join(result.written)} to {result.run_dir}"))
 
 
+def table_of(title: str, columns: str) -> Table:
+    """A table with these columns, "|"-separated; a name ending in ">" is right-aligned (figures)."""
+    table = Table(title=title)
+    for name in columns.split("|"):
+        table.add_column(name.removesuffix(">"), justify="right" if name.endswith(">") else "left")
+    return table
+
+
 def show_models(rows: list[dict]) -> None:
-    table = Table(title="Models")
-    for column, justify in (
-        ("name", "left"),
-        ("parameters", "right"),
-        ("GFLOPs/image", "right"),
-        ("epochs", "right"),
-        ("description", "left"),
-    ):
-        table.add_column(column, justify=justify)
+    table = table_of("Models", "name|parameters>|GFLOPs/image>|epochs>|description")
     for row in rows:
         name = f"{row['name']} (default)" if row["default"] else row["name"]
         table.add_row(name, f"{row['parameters']:,}", f"{row['gflops']:.3f}", f"{row['epochs']:g}", row["description"])
@@ -207,15 +205,7 @@ def show_evaluation(evaluation, written) -> None:
         f"accuracy [bold]{evaluation.accuracy:.2%}[/]  loss {evaluation.loss:.4f}  "
         f"calibration error (ECE) {evaluation.ece:.2%}"
     )
-    table = Table(title="Per class")
-    for column, justify in (
-        ("class", "left"),
-        ("precision", "right"),
-        ("recall", "right"),
-        ("F1", "right"),
-        ("support", "right"),
-    ):
-        table.add_column(column, justify=justify)
+    table = table_of("Per class", "class|precision>|recall>|F1>|support>")
     for row in evaluation.per_class:
         figures = ["—" if row[key] is None else f"{row[key]:.3f}" for key in ("precision", "recall", "f1")]
         table.add_row(escape(row["name"]), *figures, str(row["support"]))
@@ -279,9 +269,7 @@ def confusion_table(evaluation, width: int):
 
 
 def show_export(result) -> None:
-    table = Table(title=f"Export: {escape(str(result.path))}")
-    table.add_column("check")
-    table.add_column("value", justify="right")
+    table = table_of(f"Export: {escape(str(result.path))}", "check|value>")
     table.add_row("file size", f"{result.size_bytes / 1e6:.2f} MB")
     table.add_row("opset / IR version", f"{result.opset} / {result.ir_version}")
     table.add_row("loads on", result.loads_on)
@@ -299,10 +287,9 @@ def show_export(result) -> None:
     out.print(table)
     if result.int8:
         q = result.int8
-        table = Table(title=f"INT8: {escape(str(q['path']))}")
         speeds = "fp32_images_per_s" in q
-        for column in ("model", "size MB", "test accuracy", *(["images/s (batch 256)"] if speeds else [])):
-            table.add_column(column, justify="right")
+        columns = "model>|size MB>|test accuracy>" + ("|images/s (batch 256)>" if speeds else "")
+        table = table_of(f"INT8: {escape(str(q['path']))}", columns)
         for name, size in (("fp32", result.size_bytes), ("int8", q["size_bytes"])):
             speed = [f"{q[f'{name}_images_per_s']:,.0f}"] if speeds else []
             table.add_row(name, f"{size / 1e6:.2f}", f"{q[f'{name}_test_acc']:.2%}", *speed)
@@ -312,14 +299,13 @@ def show_export(result) -> None:
 # ---------------------------------------------------------------- predict
 
 
-class PredictDisplay:
+class PredictDisplay:  # a live bar of the images predicted and failed
     def __init__(self, total: int):
         self.progress = new_progress(RateColumn(), TextColumn("{task.fields[failed]} failed"))
-        self.total = total
+        self.task = self.progress.add_task("predicting", total=total, failed=0)
 
     def __enter__(self):
         self.progress.start()
-        self.task = self.progress.add_task("predicting", total=self.total, failed=0)
         return self
 
     def advance(self, summary) -> None:
@@ -330,15 +316,9 @@ class PredictDisplay:
 
 
 def show_predictions(summary, top_k: int, output) -> None:
-    table = Table(
-        title="Predictions"
-        + (f" (first {len(summary.rows)} of {summary.images:,})" if summary.images > len(summary.rows) else "")
-    )
-    table.add_column("path", overflow="fold")
-    table.add_column("class")
-    table.add_column("confidence", justify="right")
-    if top_k > 1:
-        table.add_column(f"top {top_k}")
+    shown = f" (first {len(summary.rows)} of {summary.images:,})" if summary.images > len(summary.rows) else ""
+    table = table_of(f"Predictions{shown}", "path|class|confidence>" + (f"|top {top_k}" if top_k > 1 else ""))
+    table.columns[0].overflow = "fold"  # a long path wraps whole rather than losing its end
     for row in summary.rows:
         cells = [
             escape(row.path),
@@ -350,9 +330,7 @@ def show_predictions(summary, top_k: int, output) -> None:
         table.add_row(*cells)
     out.print(table)
     if summary.images > len(summary.rows):
-        counts = Table(title="Per class")
-        counts.add_column("class")
-        counts.add_column("images", justify="right")
+        counts = table_of("Per class", "class|images>")
         for label, count in summary.counts.most_common():
             counts.add_row(escape(label), f"{count:,}")
         out.print(counts)

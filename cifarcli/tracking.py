@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cifarcli.errors import CifarError
+from cifarcli.events import SilentEvents
 from cifarcli.run_folder import CONFUSION, CURVES, LAST, RunFolder
 from cifarcli.scoring import is_exact
 
@@ -90,16 +91,15 @@ def confusion_picture(folder: RunFolder, dataset) -> Path:
     return folder.file(CONFUSION)
 
 
-class SilentTracker:
+class SilentTracker(SilentEvents):
+    """A tracker hears the training events, then finish(result, dataset) and end(status)."""
+
     folder: RunFolder
     config: dict  # config.json, written before the run starts
 
     def start(self, context, model_name, epochs, steps_per_epoch):
         self.config = self.folder.read_config()
 
-    def epoch_start(self, epoch, steps): ...
-    def step(self, step, loss, acc, images_per_s): ...
-    def epoch_end(self, row): ...
     def finish(self, result, dataset): ...
     def end(self, status: str): ...
 

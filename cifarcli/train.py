@@ -22,6 +22,7 @@ from cifarcli.checkpoint import ModelInfo, materialize
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
+from cifarcli.events import SilentEvents
 from cifarcli.models import channel_mean_std, get_model_entry, whitening_layer
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 from cifarcli.recipes import Recipe
@@ -342,12 +343,3 @@ def run_config(training: Training) -> dict:
         "result_scored_in": "fp32",  # the last epoch's figures and best.pt's: the whole test split
         "cifarcli": __version__,
     }
-
-
-class SilentEvents:
-    """The events interface that report.py implements; this one shows nothing."""
-
-    def start(self, context, model_name, epochs, steps_per_epoch): ...
-    def epoch_start(self, epoch, steps): ...
-    def step(self, step, loss, acc, images_per_s): ...
-    def epoch_end(self, row): ...
