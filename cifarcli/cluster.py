@@ -33,10 +33,28 @@ def connect(address: str):
         from distributed import Client
     except ImportError:
         raise CifarError("--cluster: needs Dask, which this install lacks; pip install 'cifarcli[dask]'") from None
+    refuse_if_nothing_listens(address)
     try:
         return Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as error:
         raise CifarError(f"--cluster {address}: no Dask scheduler answered ({first_line(error)})") from None
+
+
+def refuse_if_nothing_listens(address: str) -> None:
+    """A tcp:// or tls:// address where the connection is refused at once (no scheduler started,
+    a wrong port) fails now, where Dask would retry until its timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+    except ConnectionRefusedError:
+        raise CifarError(f"--cluster {address}: no Dask scheduler answered (connection refused)") from None
+    except OSError:
+        return  # unreachable or slow: Dask's own connection says why, within CONNECT_TIMEOUT
 
 
 def cluster_rows(
