@@ -137,7 +137,7 @@ def train_with_trackers(dataset, model, recipe, context, resumed, log: list[str]
     try:
         result = train(dataset, model, recipe, context, Together(display, *trackers), resumed)
         for tracker in trackers:
-            tracker.finish(result, dataset)
+            tracker.finish(result)
         end_all(trackers, "FINISHED")
         return result
     except (KeyboardInterrupt, stops.Stopped) as stop:
@@ -174,7 +174,8 @@ def evaluate_command(
     """Accuracy, loss, per-class metrics and a confusion matrix on a data split."""
     from cifarcli import report
     from cifarcli.classifier import load_classifier
-    from cifarcli.evaluate import evaluate, write_outputs
+    from cifarcli.evaluate import evaluate
+    from cifarcli.plots import write_outputs
 
     with user_errors(), stops_said(EVERY_FILE_WHOLE):
         check_finite(val_fraction=val_fraction)

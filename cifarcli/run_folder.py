@@ -90,7 +90,7 @@ class RunFolder:
         """Accuracy and test accuracy against epoch (as the Keras tutorial plots them), and loss."""
         if not self.writes:
             return
-        from cifarcli.evaluate import pyplot, save_figure
+        from cifarcli.plots import pyplot, save_figure
 
         epochs = [row["epoch"] for row in rows]
         figure, (left, right) = pyplot().subplots(1, 2, figsize=(10, 4))

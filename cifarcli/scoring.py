@@ -15,7 +15,7 @@ from cifarcli.checkpoint import ModelInfo, load_checkpoint
 from cifarcli.classifier import EVAL_BATCH, TorchClassifier, predict_in_batches, predict_plain_and_tta_in_batches
 from cifarcli.data import Split
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import accuracy, cross_entropy
+from cifarcli.evaluate import accuracy, confusion_matrix, cross_entropy
 from cifarcli.run_folder import BEST
 
 EPOCH_TEST_IMAGES = 2000
@@ -37,12 +37,13 @@ def estimate(model, info: ModelInfo, sample: Split, context) -> dict:
     return figures(predict_in_batches(estimator, sample.images, EVAL_BATCH), sample.labels, context.precision)
 
 
-def exact(model, info: ModelInfo, test: Split, device: str, tta: int) -> tuple[dict, float]:
-    """(the exact test columns, the TTA accuracy): the whole split in fp32, plain and with TTA from
-    the same pass (the plain view is TTA's first)."""
+def exact(model, info: ModelInfo, test: Split, device: str, tta: int) -> tuple[dict, float, list[list[int]]]:
+    """(the exact test columns, the TTA accuracy, the plain confusion matrix): the whole split in
+    fp32, plain and with TTA from the same pass (the plain view is TTA's first)."""
     scorer = TorchClassifier(model, info, "training", device)
     plain, with_tta = predict_plain_and_tta_in_batches(scorer, test.images, EVAL_BATCH, tta)
-    return figures(plain, test.labels, "fp32"), accuracy(with_tta, test.labels)
+    confusion = confusion_matrix(test.labels, plain.argmax(1), len(info.classes)).tolist()
+    return figures(plain, test.labels, "fp32"), accuracy(with_tta, test.labels), confusion
 
 
 def finite_loss(loss: float, epoch: int, step: int) -> float:
@@ -76,5 +77,5 @@ def rescore_exactly(folder, model, info: ModelInfo, epoch: int, test: Split, dev
     model) and saved again with those figures in place of its estimate."""
     best = copy.deepcopy(model)
     best.load_state_dict(load_checkpoint(folder.file(BEST))["model"])
-    columns, _ = exact(best, info, test, device, tta=0)
+    columns, _, _ = exact(best, info, test, device, tta=0)
     folder.save_checkpoint(BEST, best, info.measured(epoch, **checkpoint_metrics(columns, len(test))))

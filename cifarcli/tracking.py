@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cifarcli.errors import CifarError
 from cifarcli.events import SilentEvents
-from cifarcli.run_folder import CONFUSION, CURVES, LAST, RunFolder
+from cifarcli.run_folder import CONFUSION, CURVES, RunFolder
 from cifarcli.scoring import is_exact
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -82,17 +82,17 @@ def recipe_params(config: dict) -> dict:
     return {**settings, **data, **recipe}
 
 
-def confusion_picture(folder: RunFolder, dataset) -> Path:
-    """The final weights' confusion matrix on the test split, drawn into the run folder."""
-    from cifarcli.classifier import TorchClassifier
-    from cifarcli.evaluate import evaluate, plot_confusion
+def confusion_picture(folder: RunFolder, result) -> Path:
+    """The final weights' confusion matrix on the test split, as training scored it, drawn into the run folder."""
+    from cifarcli.plots import draw_confusion
 
-    plot_confusion(folder.file(CONFUSION), evaluate(TorchClassifier.from_checkpoint(folder.file(LAST)), dataset))
+    subtitle = f"test split, accuracy {result.test_acc:.2%}"
+    draw_confusion(folder.file(CONFUSION), result.confusion, result.classes, subtitle)
     return folder.file(CONFUSION)
 
 
 class SilentTracker(SilentEvents):
-    """A tracker hears the training events, then finish(result, dataset) and end(status)."""
+    """A tracker hears the training events, then finish(result) and end(status)."""
 
     folder: RunFolder
     config: dict  # config.json, written before the run starts
@@ -100,7 +100,7 @@ class SilentTracker(SilentEvents):
     def start(self, context, model_name, epochs, steps_per_epoch):
         self.config = self.folder.read_config()
 
-    def finish(self, result, dataset): ...
+    def finish(self, result): ...
     def end(self, status: str): ...
 
 
@@ -118,7 +118,7 @@ class TensorBoardTracker(SilentTracker):
             self.writer.add_scalar(name, value, row["epoch"])
         self.writer.flush()
 
-    def finish(self, result, dataset):
+    def finish(self, result):
         import numpy as np
         from PIL import Image
 
@@ -131,7 +131,7 @@ class TensorBoardTracker(SilentTracker):
         self.writer.add_hparams(kept, metrics, run_name=".")
         for tag, picture in (
             ("curves", self.folder.file(CURVES)),
-            ("confusion", confusion_picture(self.folder, dataset)),
+            ("confusion", confusion_picture(self.folder, result)),
         ):
             with Image.open(picture) as image:
                 self.writer.add_image(tag, np.asarray(image.convert("RGB")), last_epoch, dataformats="HWC")
@@ -164,8 +164,8 @@ class MlflowTracker(SilentTracker):
         figures = {name: value for name, value in scalars.items() if math.isfinite(value)}
         self.mlflow.log_metrics(figures, step=row["epoch"])
 
-    def finish(self, result, dataset):
-        confusion_picture(self.folder, dataset)
+    def finish(self, result):
+        confusion_picture(self.folder, result)
         self.mlflow.log_metrics(final_scalars(result), step=result.history[-1]["epoch"])
         self.mlflow.log_artifacts(str(self.folder.path))
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cifarcli import __version__, scoring, stops
@@ -22,6 +23,7 @@ from cifarcli.checkpoint import ModelInfo, materialize
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
+from cifarcli.evaluate import per_class_metrics
 from cifarcli.events import SilentEvents
 from cifarcli.models import channel_mean_std, get_model_entry, whitening_layer
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
@@ -44,6 +46,9 @@ class TrainResult:
     train_seconds: float
     precision: str  # of the training steps
     written: list[str]  # the run folder's files
+    classes: list[str]
+    confusion: list[list[int]]  # final weights, no TTA, fp32; rows: true class, columns: predicted
+    per_class: list[dict]  # from the confusion: name, precision, recall, f1, support
 
     def to_dict(self) -> dict:
         """What `cifar train --json` prints."""
@@ -89,6 +94,7 @@ class Progress:
     best_acc: float = -1.0  # the best history row's test_acc: which epoch best.pt holds
     best_epoch: int = 0
     final_tta_acc: "float | None" = None  # exact, with TTA, scored with the last epoch
+    final_confusion: "list[list[int]] | None" = None  # exact, plain, scored with the last epoch
 
 
 @dataclass
@@ -254,7 +260,9 @@ def record_epoch(training: Training, epoch: int, loss_sum: float, correct: int, 
     model, final = t.learner.model, epoch == t.schedule.epochs - 1
     progress.train_seconds += seconds
     if final:
-        test_columns, progress.final_tta_acc = scoring.exact(model, t.info, test, context.device, t.recipe.tta)
+        test_columns, progress.final_tta_acc, progress.final_confusion = scoring.exact(
+            model, t.info, test, context.device, t.recipe.tta
+        )
     else:
         test_columns = scoring.estimate(model, t.info, t.epoch_test, context)
     train_columns = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 5), "train_acc": round(correct / seen, 5)}
@@ -284,9 +292,13 @@ def finish(training: Training) -> TrainResult:
         scoring.rescore_exactly(folder, t.learner.model, t.info, progress.best_epoch, t.dataset.test, t.context.device)
     check_identical_weights(t.learner.model, t.context.ranks)
     folder.plot_curves(progress.history)
+    if progress.final_confusion is None:  # resumed after the last epoch: score it once more
+        _, _, progress.final_confusion = scoring.exact(t.learner.model, t.info, t.dataset.test, t.context.device, 0)
     figures = (progress.history[-1]["test_acc"], round(progress.final_tta_acc, 5), t.recipe.tta)
     run = (progress.train_seconds, t.context.precision, folder.written())
-    return TrainResult(folder.path, t.info.model, progress.history, *figures, *run)
+    classes, confusion = t.dataset.classes, progress.final_confusion
+    per_class = per_class_metrics(np.array(confusion), classes)
+    return TrainResult(folder.path, t.info.model, progress.history, *figures, *run, classes, confusion, per_class)
 
 
 # ---------------------------------------------------------------- checkpoints and resume

@@ -12,8 +12,9 @@ import pytest
 from cifarcli.checkpoint import load_checkpoint
 from cifarcli.classifier import OnnxClassifier, TorchClassifier, load_classifier
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import confusion_matrix, evaluate, write_outputs
+from cifarcli.evaluate import confusion_matrix, evaluate
 from cifarcli.export import batchnorm_before_pool, export_checkpoint
+from cifarcli.plots import write_outputs
 
 
 def test_evaluating_a_checkpoint_reproduces_training_to_the_image(trained_run, dataset):

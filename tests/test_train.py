@@ -459,3 +459,13 @@ def test_conv3x3_takes_the_matrix_product_path_only_when_the_run_switches_it_on(
         assert type(conv(inputs).grad_fn).__name__ == "ConvolutionBackward0"  # autocast alone decides nothing
         use_matrix_products(conv, True)
         assert type(conv(inputs).grad_fn).__name__ == "SmallMapConvBackward"
+
+
+def test_the_result_carries_the_final_confusion_matrix_that_evaluate_reproduces(trained_run, dataset):
+    from cifarcli.classifier import load_classifier
+    from cifarcli.evaluate import evaluate
+
+    evaluation = evaluate(load_classifier(trained_run.run_dir / "last.pt"), dataset)
+    assert trained_run.confusion == evaluation.confusion and trained_run.classes == evaluation.classes
+    assert trained_run.per_class == evaluation.per_class
+    assert json.loads(json.dumps(trained_run.to_dict()))["confusion"] == evaluation.confusion  # in --json
