@@ -11,8 +11,7 @@ to an `events` object (report.py draws it), so this module knows nothing of the 
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import per_class_metrics
-from cifarcli.events import SilentEvents
+from cifarcli.events import SilentEvents, TrainResult
 from cifarcli.models import channel_mean_std, get_model_entry, whitening_layer
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 from cifarcli.recipes import Recipe
@@ -33,26 +32,6 @@ from cifarcli.run_folder import BEST, LAST, ResumableRun, check_same_run
 from cifarcli.small_map_conv import use_matrix_products
 
 GPU_STEPS_PER_REPORT = 10  # steps between progress reports on a GPU, where each report waits for the device
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    model: str
-    history: list[dict]
-    test_acc: float  # final weights, no TTA, fp32
-    test_acc_tta: float  # final weights, with the recipe's TTA, fp32
-    tta: int
-    train_seconds: float
-    precision: str  # of the training steps
-    written: list[str]  # the run folder's files
-    classes: list[str]
-    confusion: list[list[int]]  # final weights, no TTA, fp32; rows: true class, columns: predicted
-    per_class: list[dict]  # from the confusion: name, precision, recall, f1, support
-
-    def to_dict(self) -> dict:
-        """What `cifar train --json` prints."""
-        return {**asdict(self), "run_dir": str(self.run_dir), "train_seconds": round(self.train_seconds, 1)}
 
 
 @dataclass(frozen=True)
