@@ -212,7 +212,6 @@ def export_command(
     int8: opt.Int8 = False,
     calibration_images: opt.CalibrationImages = 300,
     int8_max_loss: opt.Int8MaxLoss = 0.01,
-    speed: opt.Speed = False,
     cache_dir: opt.CacheDir = None,
     as_json: opt.Json = False,
 ):
@@ -226,7 +225,7 @@ def export_command(
         info = torch_model.info
         dataset = load_data(data, info.input_size, cache_dir, info.val_fraction or None) if data else None
         result = export_checkpoint(
-            torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss=int8_max_loss, speed=speed
+            torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss=int8_max_loss
         )
     if as_json:
         report.print_json(result.to_dict())

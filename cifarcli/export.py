@@ -7,7 +7,6 @@ check has passed. An INT8 file comes after the fp32 one, which it never takes do
 """
 
 import datetime
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,7 +31,7 @@ OLDEST_OPSET = 18  # the oldest torch's exporter writes
 # top-1 on 1,000 test images.
 VERIFIED_RUNTIMES = {20: "ONNX Runtime 1.17.3 and newer, OpenCV DNN 4.14"}
 PARITY_IMAGES = 1000
-SPEED_BATCH = 256
+SCORING_BATCH = 256  # images per ONNX Runtime call when scoring and fitting
 TEMPERATURE_IMAGES = 5000
 
 
@@ -47,10 +46,9 @@ class ExportReport:
     checked_on: str  # "test split" or "generated images"
     max_abs_diff: float
     agreement: float
-    ort_images_per_s: "float | None" = None  # with speed=True (`cifar export --speed`)
     temperature: float = 1.0  # fitted on training images with --data; 1: not fitted
     calibration: dict = field(default_factory=dict)  # fitted_on, test ECE before and after, with --data
-    int8: dict = field(default_factory=dict)  # path, size, accuracies and speeds when --int8
+    int8: dict = field(default_factory=dict)  # path, size and accuracies when --int8
 
     def to_dict(self) -> dict:
         """What `cifar export --json` prints."""
@@ -158,22 +156,8 @@ def parity_images(dataset: "Dataset | None", input_size: int) -> tuple[np.ndarra
     return rng.integers(0, 256, (256, input_size, input_size, 3), dtype=np.uint8), "generated images"
 
 
-def ort_speed(classifier, images: np.ndarray, seconds: float = 2.0) -> float:
-    """Images/s at batch SPEED_BATCH; the batch is padded to that size, best of the repeats."""
-    batch = np.resize(images, (SPEED_BATCH, *images.shape[1:]))
-    classifier.predict_logits(batch)
-    best, spent = 0.0, 0.0
-    while spent < seconds:
-        started = time.perf_counter()
-        classifier.predict_logits(batch)
-        elapsed = time.perf_counter() - started
-        spent += elapsed
-        best = max(best, SPEED_BATCH / elapsed)
-    return best
-
-
 def split_accuracy(classifier, split) -> float:
-    return accuracy(predict_in_batches(classifier, split.images, SPEED_BATCH), split.labels)
+    return accuracy(predict_in_batches(classifier, split.images, SCORING_BATCH), split.labels)
 
 
 @dataclass(frozen=True)
@@ -187,7 +171,6 @@ class ExportJob:
     calibration_images: int
     int8_max_loss: float
     threads: int  # ONNX Runtime's intra-op threads (0: its default)
-    speed: bool  # also time ONNX Runtime
     export_date: str
 
 
@@ -200,13 +183,12 @@ def export_checkpoint(
     calibration_images: int = 300,
     threads: int = 0,
     int8_max_loss: float = 0.01,
-    speed: bool = False,
 ) -> ExportReport:
     """Export a checkpoint (its path, or loaded as a TorchClassifier) to output, beside the
-    checkpoint by default. speed: also time ONNX Runtime (a few seconds)."""
+    checkpoint by default; benchmarks/export.py times the files."""
     torch_model = checkpoint if isinstance(checkpoint, TorchClassifier) else TorchClassifier.from_checkpoint(checkpoint)
     output = Path(output) if output else Path(torch_model.source).with_suffix(".onnx")
-    job = plan_export(torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss, threads, speed)
+    job = plan_export(torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss, threads)
     info = torch_model.info
     proto = build_onnx(torch_model.model, info.input_size, job.opset)
     onnx_model = OnnxClassifier(described(proto, metadata_for(info, job.export_date)), threads, source=str(output))
@@ -221,8 +203,6 @@ def export_checkpoint(
         )
     report = ExportReport(output, 0, job.opset, proto.ir_version, runtimes_for(job.opset), len(images), checked_on,
                           max_diff, agreement)  # fmt: skip
-    if speed:
-        report.ort_images_per_s = ort_speed(onnx_model, images)
     if dataset is not None:
         info = replace(info, temperature=calibrate(onnx_model, dataset, report))
     data = described(proto, metadata_for(info, job.export_date))
@@ -233,7 +213,7 @@ def export_checkpoint(
     return report
 
 
-def plan_export(torch_model, output: Path, opset, dataset, int8, calibration_images, int8_max_loss, threads, speed):
+def plan_export(torch_model, output: Path, opset, dataset, int8, calibration_images, int8_max_loss, threads):
     """The ExportJob, once every option is checked and the outputs are shown to be writable."""
     import torch
 
@@ -260,7 +240,7 @@ def plan_export(torch_model, output: Path, opset, dataset, int8, calibration_ima
     if int8:
         check_can_write(int8_path_for(output))
     export_date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return ExportJob(output, opset or DEFAULT_OPSET, dataset, int8, calibration_images, int8_max_loss, threads, speed,
+    return ExportJob(output, opset or DEFAULT_OPSET, dataset, int8, calibration_images, int8_max_loss, threads,
                      export_date)  # fmt: skip
 
 
@@ -268,9 +248,9 @@ def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
     """Fit the temperature on up to TEMPERATURE_IMAGES training images (the test split is for
     measuring, never for fitting) and record the test split's calibration error before and after."""
     fitting = dataset.train.sample(TEMPERATURE_IMAGES)
-    logits = predict_in_batches(classifier, fitting.images, SPEED_BATCH)
+    logits = predict_in_batches(classifier, fitting.images, SCORING_BATCH)
     temperature = fit_temperature(logits, fitting.labels)
-    test_logits = predict_in_batches(classifier, dataset.test.images, SPEED_BATCH).astype(np.float64)
+    test_logits = predict_in_batches(classifier, dataset.test.images, SCORING_BATCH).astype(np.float64)
     correct = test_logits.argmax(1) == dataset.test.labels
     before, _ = calibration(softmax(test_logits).max(1), correct)
     after, _ = calibration(softmax(test_logits / temperature).max(1), correct)
@@ -282,7 +262,7 @@ def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
 def export_int8(job: ExportJob, info, fp32_data: bytes) -> dict:
     """Quantize the written fp32 model (int8.py), calibrated on the job's training images, and
     write it beside, unless it scores more than int8_max_loss below fp32 on the test split.
-    Returns both models' accuracies (and speeds)."""
+    Returns both models' accuracies."""
     from cifarcli import int8
 
     test, int8_path = job.dataset.test, int8_path_for(job.output)
@@ -305,7 +285,4 @@ def export_int8(job: ExportJob, info, fp32_data: bytes) -> dict:
     save(int8_path, data)
     result = {"path": str(int8_path), "size_bytes": len(data), "calibration_images": len(calibration_images),
               "fp32_test_acc": fp32_acc, "int8_test_acc": int8_acc}  # fmt: skip
-    if job.speed:
-        result["fp32_images_per_s"] = ort_speed(fp32_model, test.images[:SPEED_BATCH])
-        result["int8_images_per_s"] = ort_speed(OnnxClassifier(data, job.threads), test.images[:SPEED_BATCH])
     return result

@@ -142,7 +142,6 @@ Int8MaxLoss = Annotated[
         help="Refuse an --int8 model whose test accuracy is more than this below fp32's (0.01: one point).", min=0
     ),
 ]
-Speed = Annotated[bool, typer.Option("--speed", help="Also time ONNX Runtime on the exported files.")]
 
 # ---------------------------------------------------------------- cifar predict
 

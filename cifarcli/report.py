@@ -276,8 +276,6 @@ def show_export(result) -> None:
     table.add_row(f"images compared ({result.checked_on})", f"{result.images_checked:,}")
     table.add_row("max |logit difference| vs PyTorch", f"{result.max_abs_diff:.2e}")
     table.add_row("top-1 agreement", f"{result.agreement:.2%}")
-    if result.ort_images_per_s:
-        table.add_row("ONNX Runtime images/s (batch 256)", f"{result.ort_images_per_s:,.0f}")
     if result.calibration:
         c = result.calibration
         table.add_row(f"temperature (fitted on {c['fitted_on']})", f"{result.temperature:.3f}")
@@ -287,12 +285,9 @@ def show_export(result) -> None:
     out.print(table)
     if result.int8:
         q = result.int8
-        speeds = "fp32_images_per_s" in q
-        columns = "model>|size MB>|test accuracy>" + ("|images/s (batch 256)>" if speeds else "")
-        table = table_of(f"INT8: {escape(str(q['path']))}", columns)
+        table = table_of(f"INT8: {escape(str(q['path']))}", "model>|size MB>|test accuracy>")
         for name, size in (("fp32", result.size_bytes), ("int8", q["size_bytes"])):
-            speed = [f"{q[f'{name}_images_per_s']:,.0f}"] if speeds else []
-            table.add_row(name, f"{size / 1e6:.2f}", f"{q[f'{name}_test_acc']:.2%}", *speed)
+            table.add_row(name, f"{size / 1e6:.2f}", f"{q[f'{name}_test_acc']:.2%}")
         out.print(table)
 
 
