@@ -44,8 +44,8 @@ from common import (
 )
 
 sys.path.insert(0, str(ROOT))
+from cifarcli.bundled import choose_bundled_model
 from cifarcli.classifier import OnnxClassifier
-from cifarcli.predict import choose_bundled_model
 from cifarcli.sources import discover_images
 
 # Ultralytics' model exported three ways (export options, predict options): at its default 224 px,

@@ -161,8 +161,8 @@ class OnnxClassifier(Classifier):
 
 def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0) -> Classifier:
     """A .onnx file goes to ONNX Runtime (no torch); anything else must be a checkpoint. The
-    bundled models answer to their names (onnx_model.BUNDLED_NAMES) from any folder."""
-    from cifarcli.onnx_model import bundled_or_path
+    bundled models answer to their names (bundled.NAMES) from any folder."""
+    from cifarcli.bundled import bundled_or_path
 
     path = bundled_or_path(path)
     if path.is_dir():

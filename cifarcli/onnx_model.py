@@ -9,27 +9,13 @@ import json
 import re
 from pathlib import Path
 
+from cifarcli.bundled import is_bundled
 from cifarcli.checkpoint import ModelInfo
 from cifarcli.errors import CifarError, first_line
 
-# The package's own models, checked when tools/build_default_model.py built them: the
-# onnx checker (about 0.1 s of a one-image prediction) runs on every other file.
-BUNDLED_FOLDER = Path(__file__).parent / "assets"
 CARD_KEY = "cifarcli_model_card"  # the model card's JSON, as checkpoints hold it
 INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = "float32 RGB in [0, 1]"
-
-
-# Names of the bundled models that work from any folder: `cifar evaluate default`, `--model default.int8`.
-BUNDLED_NAMES = {"default": "default.onnx", "default.int8": "default.int8.onnx"}
-
-
-def bundled_or_path(model: "str | Path") -> Path:
-    """A bundled model's file for its name, unless a file of that name is here; else the path."""
-    path = Path(model)
-    if not path.exists() and str(model) in BUNDLED_NAMES:
-        return BUNDLED_FOLDER / BUNDLED_NAMES[str(model)]
-    return path
 
 
 def metadata_for(info: ModelInfo, export_date: str, quantization: "str | None" = None) -> dict[str, str]:
@@ -110,9 +96,9 @@ def open_onnx_model(model: "str | Path | bytes", threads: int = 0, source: "str 
         path = Path(model)
         if not path.is_file():
             raise CifarError(f"{path}: no such ONNX file")
-        serialized, bundled = path.read_bytes(), path.resolve().parent == BUNDLED_FOLDER.resolve()
+        serialized, bundled = path.read_bytes(), is_bundled(path)
     source = source or str(model)
-    if not bundled:
+    if not bundled:  # the bundled models passed it when built; it costs a one-image prediction much
         check_with_onnx(serialized, source)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -17,32 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifarcli.batches import LOCAL, UNSURE, classify_batch
+from cifarcli.bundled import bundled_or_path, choose_bundled_model
 from cifarcli.errors import CifarError
-from cifarcli.hardware import cpu_int8_instructions
-from cifarcli.onnx_model import BUNDLED_FOLDER
 from cifarcli.rows import Row, RowWriter
 from cifarcli.sources import FileSystem, discover_images, in_shard
 
-# The bundled CIFAR-10 model, in fp32 and static INT8 (built within 0.3 points of fp32).
-BUNDLED_MODELS = {"fp32": BUNDLED_FOLDER / "default.onnx", "int8": BUNDLED_FOLDER / "default.int8.onnx"}
-DEFAULT_MODEL = BUNDLED_MODELS["fp32"]
 # Per worker. Each worker's ONNX Runtime call holds its own activations: 64 runs as fast as 256
 # in far less memory (docs/decisions.md).
 PREDICT_BATCH = 64
-
-
-def choose_bundled_model(bundled: "str | None") -> tuple[Path, str]:
-    """(bundled model, why) for --bundled fp32, int8 or None (this CPU's choice): INT8 on x86
-    CPUs whose int8 instructions ONNX Runtime's INT8 kernels use, where the bundled INT8 file was
-    measured faster than fp32 (docs/decisions.md), fp32 elsewhere."""
-    if bundled is not None:
-        if bundled not in BUNDLED_MODELS:
-            raise CifarError(f"--bundled {bundled}: choose {' or '.join(BUNDLED_MODELS)}")
-        return BUNDLED_MODELS[bundled], f"--bundled {bundled}"
-    instructions = cpu_int8_instructions()
-    if instructions is None:
-        return BUNDLED_MODELS["fp32"], "fp32: this CPU has no AVX2 or VNNI int8 instructions; --bundled int8 for INT8"
-    return BUNDLED_MODELS["int8"], f"INT8, for this CPU's {instructions} int8 instructions; --bundled fp32 for fp32"
 
 
 @dataclass
@@ -146,7 +128,6 @@ def prepare_predictions(
     come from the same model and options, with overwrite an existing file replaced.
     on_listing(count, finished): the number of files found so far, while they are listed."""
     from cifarcli.classifier import OnnxClassifier
-    from cifarcli.onnx_model import bundled_or_path
 
     notes = []
     if model is None:

@@ -306,7 +306,7 @@ def opset_of(model) -> int:
 
 
 def test_bundled_models_load_on_the_declared_onnxruntime_floor():
-    from cifarcli.predict import DEFAULT_MODEL
+    from cifarcli.bundled import DEFAULT as DEFAULT_MODEL
 
     newest_opset, newest_ir = ONNXRUNTIME_LIMITS[declared_onnxruntime_floor()]
     bundled = sorted(DEFAULT_MODEL.parent.glob("*.onnx"))

@@ -40,8 +40,8 @@ def test_model_cards_of_every_schema_read_as_todays(name, crops):
 def test_the_bundled_models_cards_are_in_todays_schema():
     import onnx
 
+    from cifarcli.bundled import MODELS as BUNDLED_MODELS
     from cifarcli.onnx_model import CARD_KEY
-    from cifarcli.predict import BUNDLED_MODELS
 
     for path in BUNDLED_MODELS.values():
         model = onnx.load(str(path), load_external_data=False)

@@ -37,8 +37,8 @@ def forged(tmp_path, change_card=None, change_graph=None):
     """The bundled fp32 model with its card or its graph changed, saved as forged.onnx."""
     import onnx
 
+    from cifarcli.bundled import MODELS as BUNDLED_MODELS
     from cifarcli.onnx_model import CARD_KEY
-    from cifarcli.predict import BUNDLED_MODELS
 
     model = onnx.load(str(BUNDLED_MODELS["fp32"]))
     entry = next(prop for prop in model.metadata_props if prop.key == CARD_KEY)

@@ -20,7 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 SOURCE = ROOT / "tools" / "default_model" / "model.pt"
-TARGET = ROOT / "cifarcli" / "assets" / "default.onnx"
 LIMIT_BYTES = 10_000_000
 MAX_INT8_LOSS = 0.003
 
@@ -38,6 +37,9 @@ def keep_weights_only(checkpoint: Path, destination: Path) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
+    from cifarcli.bundled import MODELS
+
+    target = MODELS["fp32"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help=f"a last.pt to ship instead of {SOURCE.name}")
     parser.add_argument("--data", default=str(SHARED_DATA))
@@ -51,7 +53,7 @@ def main() -> None:
         "export",
         str(SOURCE),
         "-o",
-        str(TARGET),
+        str(target),
         "--data",
         args.data,
         "--int8",
@@ -63,11 +65,11 @@ def main() -> None:
     if loss > MAX_INT8_LOSS:
         Path(int8["path"]).unlink()
         raise SystemExit(f"INT8 loses {loss:.2%} against fp32 (limit {MAX_INT8_LOSS:.1%}); not shipped")
-    for path in (TARGET, Path(int8["path"])):
+    for path in (target, Path(int8["path"])):
         if path.stat().st_size > LIMIT_BYTES:
             raise SystemExit(f"{path} is {path.stat().st_size / 1e6:.1f} MB, over the 10 MB limit for a bundled model")
     print(
-        f"wrote {TARGET.name} ({report['size_bytes'] / 1e6:.2f} MB, opset {report['opset']}, "
+        f"wrote {target.name} ({report['size_bytes'] / 1e6:.2f} MB, opset {report['opset']}, "
         f"{int8['fp32_test_acc']:.2%}) and {Path(int8['path']).name} ({int8['size_bytes'] / 1e6:.2f} MB, "
         f"{int8['int8_test_acc']:.2%}) from {SOURCE}"
     )
