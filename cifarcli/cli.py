@@ -88,7 +88,7 @@ def train_command(
     from cifarcli.distributed import launch_local, once_per_machine
     from cifarcli.models import DEFAULT_MODEL, check_input_sizes, get_model_entry
     from cifarcli.recipes import parse_recipe_settings
-    from cifarcli.run import prepare_run, take_run_folder
+    from cifarcli.run import decide_setup, take_run_folder
     from cifarcli.run_folder import open_resumable
 
     display = report.TrainDisplay()
@@ -109,12 +109,15 @@ def train_command(
         recipe = get_model_entry(model).recipe.override(**(resumed.recipe if resumed else overrides))
         if nproc > 1:
             raise typer.Exit(launch_local(nproc, recipe.batch_size, sys.argv[1:]))
-        context = prepare_run(device, precision or "auto", resumed.folder.path if resumed else None)
-        dataset = once_per_machine(context.ranks, lambda: load_data(data, 32, cache_dir, val_fraction))
+        setup = decide_setup(device, precision or "auto")
+        dataset = once_per_machine(setup.ranks, lambda: load_data(data, 32, cache_dir, val_fraction))
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
         check_input_sizes(model, recipe, dataset.train.images.shape[1], len(dataset.classes))
-        context = context if resumed else take_run_folder(context, out or Path("runs/train"), name or "exp")
+        if resumed:
+            context = setup.in_folder(resumed.folder.path)
+        else:
+            context = take_run_folder(setup, out or Path("runs/train"), name or "exp")
         result = train_with_trackers(dataset, model, recipe, context, resumed, log or [], display)
     if not context.ranks.is_main:
         return

@@ -1,8 +1,9 @@
 """A training run's context, decided once: device, precision, processes, threads, run folder.
 
 After nanoGPT's top-of-script block ("device, dtype, ddp rank: decided once, used everywhere"):
-`prepare_run()` decides the device, joins the process group and decides the precision and the
-threads; `take_run_folder()` adds the run folder once the data has loaded; `train()` reads the
+`decide_setup()` decides the device, joins the process group and decides the precision and the
+threads (a RunSetup); the RunContext adds the run folder, a new one taken once the data has
+loaded (`take_run_folder`) or the one being resumed (`RunSetup.in_folder`); `train()` reads the
 context and `config.json` records it. Nothing downstream decides any of these again.
 
 Precision names the autocast of the training steps only. Every accuracy a run prints or records
@@ -12,7 +13,7 @@ it on any machine.
 
 import contextlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from cifarcli import stops
@@ -26,12 +27,16 @@ TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)
-class RunContext:
+class RunSetup:
     device: str  # "cpu", "cuda:0", "mps"
     precision: str  # autocast of the training steps: "fp32", "bf16" or "fp16"
     ranks: Ranks
     threads: int  # torch intra-op threads of this process (the machine's cores shared among its processes)
-    folder: "RunFolder | None" = None  # taken once the data has loaded
+
+    def in_folder(self, path: Path) -> "RunContext":
+        """The context of a run in this folder (rank 0 writes it)."""
+        folder = RunFolder(Path(path), self.ranks.is_main)
+        return RunContext(self.device, self.precision, self.ranks, self.threads, folder)
 
     @property
     def device_type(self) -> str:
@@ -58,6 +63,13 @@ class RunContext:
     def describe(self) -> str:
         processes = f", {self.ranks.world} processes" if self.ranks.active else ""
         return f"{self.device} ({self.precision}, {self.threads} threads{processes})"
+
+
+@dataclass(frozen=True)
+class RunContext(RunSetup):
+    """A RunSetup and the run's folder: what train() runs in."""
+
+    folder: RunFolder
 
 
 # ---------------------------------------------------------------- deciding the context
@@ -106,22 +118,24 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def prepare_run(device: str = "auto", precision: str = "auto", run_dir: "Path | None" = None) -> RunContext:
+def decide_setup(device: str = "auto", precision: str = "auto") -> RunSetup:
     """Decide the device (from LOCAL_RANK under torchrun), join the process group, decide the
-    precision and the threads. `run_dir`: a folder of the caller's own (a library caller, a
-    resumed run); else take_run_folder() makes one once the data has loaded."""
+    precision and the threads."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device, local_rank)
     ranks = join_process_group(device)
-    context = RunContext(device, resolve_precision(precision, device), ranks, max(1, cores() // ranks.local_world))
-    return replace(context, folder=RunFolder(Path(run_dir), ranks.is_main)) if run_dir is not None else context
+    return RunSetup(device, resolve_precision(precision, device), ranks, max(1, cores() // ranks.local_world))
 
 
-def take_run_folder(context: RunContext, out: Path, name: str) -> RunContext:
-    """The context with a new run folder out/<name> (numbered when taken), made by rank 0 and
-    named to every rank."""
-    path = broadcast_from_main(str(RunFolder.create(out, name).path) if context.ranks.is_main else None, context.ranks)
-    return replace(context, folder=RunFolder(Path(path), context.ranks.is_main))
+def prepare_run(device: str, precision: str, run_dir: Path) -> "RunContext":
+    """A library caller's run in a folder of its own: decide_setup() in that folder."""
+    return decide_setup(device, precision).in_folder(run_dir)
+
+
+def take_run_folder(setup: RunSetup, out: Path, name: str) -> "RunContext":
+    """A new run folder out/<name> (numbered when taken), made by rank 0 and named to every rank."""
+    path = broadcast_from_main(str(RunFolder.create(out, name).path) if setup.ranks.is_main else None, setup.ranks)
+    return setup.in_folder(Path(path))
 
 
 # ---------------------------------------------------------------- process-wide settings
