@@ -65,6 +65,15 @@ def stdout_file() -> "tuple[int, int] | None":
     return status.st_dev, status.st_ino
 
 
+def failed_command(error, prog_name: str) -> str:
+    """The command a usage error belongs to ("cifar train"): its context's, or where an error has
+    none (an option missing its value), the command the arguments name first."""
+    if error.ctx is not None:
+        return error.ctx.command_path
+    first = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
+    return f"{prog_name} {first}" if first else prog_name
+
+
 def run_app(app, prog_name: str) -> None:
     """Run the typer app and end the process: its exit code, or one line and 2 for a usage error,
     130 for Ctrl-C, 141 for a broken pipe, 2 naming the extra a command lacks, 1 otherwise."""
@@ -80,8 +89,7 @@ def run_app(app, prog_name: str) -> None:
         # standalone_mode=False: usage errors come here, to be one line like every other error.
         code = app(prog_name=prog_name, standalone_mode=False)
     except usage_error as error:  # a value out of range, an unknown option, a missing argument
-        command = error.ctx.command_path if error.ctx else prog_name
-        report.error_line(f"{first_line(error.format_message(), 400)} (see {command} --help)")
+        report.error_line(f"{first_line(error.format_message(), 400)} (see {failed_command(error, prog_name)} --help)")
         raise SystemExit(error.exit_code) from None
     except typer.Abort:  # Ctrl-C or end of input outside a command's own handling
         raise SystemExit(130) from None

@@ -293,6 +293,7 @@ def test_a_confusion_matrix_too_wide_for_the_terminal_shows_the_worst_classes_an
         (["train", "--tta", "5"], "Invalid value for '--tta'"),
         (["export", "x.pt", "--opset", "7"], "Invalid value for '--opset'"),
         (["train", "--lr", "-1"], "Invalid value for '--lr'"),
+        (["train", "--set"], "Option '--set' requires an argument."),
     ],
 )
 def test_range_errors_are_one_line_like_every_other_error(arguments, message):
