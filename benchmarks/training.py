@@ -65,9 +65,10 @@ def step_cost_rows(args) -> None:
     """Milliseconds of a training step at each crop size, alternating sizes every round."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from cifarcli.data import load_dataset
+    from cifarcli.events import SilentEvents
     from cifarcli.models import DEFAULT_MODEL, describe_model, get_model_entry
     from cifarcli.run import prepare_run, process_settings
-    from cifarcli.train import SilentEvents, run_epoch, setup
+    from cifarcli.train import run_epoch, setup
 
     model = args.model or DEFAULT_MODEL
     dataset = load_dataset(args.data)

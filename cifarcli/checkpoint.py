@@ -72,7 +72,7 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "ModelInfo":
         """The card in today's schema, from its JSON form in any schema up to this one's."""
-        readable_schema(values, MODEL_CARD_SCHEMA, f"{source}: its model card")  # every older one upgrades alike
+        check_readable_schema(values, MODEL_CARD_SCHEMA, f"{source}: its model card")  # every older one upgrades alike
         values = {**values, "schema": MODEL_CARD_SCHEMA}
         if isinstance(values.get("recipe"), dict):
             values["recipe"] = upgrade_recipe_fields(values["recipe"])
@@ -94,9 +94,9 @@ class ModelInfo:
         return info
 
 
-def readable_schema(values: dict, newest: int, what: str) -> int:
-    """The schema a JSON file declares (1 where it declares none, as files from before schemas),
-    or a one-line CifarError for a malformed one or one newer than this cifarcli reads."""
+def check_readable_schema(values: dict, newest: int, what: str) -> None:
+    """A one-line CifarError for a JSON file whose schema (1 where it declares none, as files from
+    before schemas) is malformed or newer than this cifarcli reads."""
     schema = values.get("schema", 1)
     if type(schema) is not int or schema < 1:
         raise CifarError(f"{what}: malformed schema {schema!r}; write it again with cifarcli")
@@ -105,7 +105,6 @@ def readable_schema(values: dict, newest: int, what: str) -> int:
             f"{what} has schema {schema}, newer than this cifarcli {__version__} reads (up to {newest}); "
             "upgrade cifarcli"
         )
-    return schema
 
 
 def atomic_write(path: Path, write) -> None:

@@ -221,15 +221,14 @@ def export_command(
     """Export to one self-describing .onnx file and prove it equals PyTorch."""
     from cifarcli import report
     from cifarcli.classifier import TorchClassifier
-    from cifarcli.export import export_checkpoint
+    from cifarcli.export import plan_export, run_export
 
     with user_errors(), stops_said(EVERY_FILE_WHOLE):
         torch_model = TorchClassifier.from_checkpoint(checkpoint)
+        job = plan_export(torch_model, output, opset, data is not None, int8, calibration_images, int8_max_loss, 0)
         info = torch_model.info
         dataset = load_data(data, info.input_size, cache_dir, info.val_fraction or None) if data else None
-        result = export_checkpoint(
-            torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss=int8_max_loss
-        )
+        result = run_export(torch_model, job, dataset)
     if as_json:
         report.print_json(result.to_dict())
     else:

@@ -47,10 +47,14 @@ def refuse_if_nothing_listens(address: str) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(address)
-    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+    try:
+        port = parts.port
+    except ValueError:
+        raise CifarError(f"--cluster {address}: not a port; give the scheduler's, e.g. tcp://host:8786") from None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not port:
         return
     try:
-        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+        socket.create_connection((parts.hostname, port), timeout=5).close()
     except ConnectionRefusedError:
         raise CifarError(f"--cluster {address}: no Dask scheduler answered (connection refused)") from None
     except OSError:

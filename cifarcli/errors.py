@@ -1,7 +1,7 @@
 """The one exception type the library raises for anything a user can fix.
 
 Logic code raises `CifarError` with a message that names the file or option and the fix;
-only `cli.py` turns it into a one-line message and an exit code.
+only `exits.py`, around the commands, turns it into a one-line message and an exit code.
 """
 
 import math

@@ -1,9 +1,6 @@
-"""How a command ends: every error as one line with its exit code, Ctrl-C and SIGTERM said, a
-broken pipe as a shell reports it. cli.py's commands run inside user_errors() and stops_said();
-run_app() runs the whole app.
-
-Library code raises CifarError; user_errors() turns it into one line on stderr and its exit code
-(CIFARCLI_DEBUG=1 shows tracebacks instead).
+"""How a command ends: every error as one line with its exit code (CIFARCLI_DEBUG=1 shows
+tracebacks instead), Ctrl-C and SIGTERM said, a broken pipe as a shell reports it. cli.py's
+commands run inside user_errors() (CifarError to one line) and stops_said(); run_app() runs the app.
 """
 
 import contextlib

@@ -162,11 +162,11 @@ def split_accuracy(classifier, split) -> float:
 
 @dataclass(frozen=True)
 class ExportJob:
-    """What one export makes, decided and checked before any work."""
+    """What one export makes, every option checked and the outputs shown writable before any work
+    (plan_export); the data, when given, comes to run_export."""
 
     output: Path  # the fp32 file; --int8's is int8_path_for(output)
     opset: int
-    dataset: "Dataset | None"  # with it: the parity check on test images, a temperature, INT8's calibration
     int8: bool
     calibration_images: int
     int8_max_loss: float
@@ -187,46 +187,24 @@ def export_checkpoint(
     """Export a checkpoint (its path, or loaded as a TorchClassifier) to output, beside the
     checkpoint by default; benchmarks/export.py times the files."""
     torch_model = checkpoint if isinstance(checkpoint, TorchClassifier) else TorchClassifier.from_checkpoint(checkpoint)
-    output = Path(output) if output else Path(torch_model.source).with_suffix(".onnx")
-    job = plan_export(torch_model, output, opset, dataset, int8, calibration_images, int8_max_loss, threads)
-    info = torch_model.info
-    proto = build_onnx(torch_model.model, info.input_size, job.opset)
-    onnx_model = OnnxClassifier(described(proto, metadata_for(info, job.export_date)), threads, source=str(output))
-    images, checked_on = parity_images(dataset, info.input_size)
-    expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)
-    max_diff = float(np.abs(expected - actual).max())
-    agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
-    if not (max_diff <= MAX_ABS_DIFF and agreement == 1.0):  # NaN fails too
-        raise CifarError(
-            f"{output}: ONNX Runtime differs from PyTorch (max |diff| {max_diff:.2e} > {MAX_ABS_DIFF:g} "
-            f"or top-1 agreement {agreement:.2%} < 100%); not written, try another --opset"
-        )
-    report = ExportReport(output, 0, job.opset, proto.ir_version, runtimes_for(job.opset), len(images), checked_on,
-                          max_diff, agreement)  # fmt: skip
-    if dataset is not None:
-        info = replace(info, temperature=calibrate(onnx_model, dataset, report))
-    data = described(proto, metadata_for(info, job.export_date))
-    report.size_bytes = len(data)
-    save(output, data)
-    if int8:
-        report.int8 = export_int8(job, info, data)
-    return report
+    job = plan_export(torch_model, output, opset, dataset is not None, int8, calibration_images, int8_max_loss, threads)
+    return run_export(torch_model, job, dataset)
 
 
-def plan_export(torch_model, output: Path, opset, dataset, int8, calibration_images, int8_max_loss, threads):
+def plan_export(
+    torch_model, output, opset, with_data: bool, int8: bool, calibration_images: int, int8_max_loss: float, threads: int
+) -> ExportJob:
     """The ExportJob, once every option is checked and the outputs are shown to be writable."""
     import torch
 
-    info = torch_model.info
     if not all(bool(torch.isfinite(tensor).all()) for tensor in torch_model.model.state_dict().values()):
         raise CifarError(
             f"{torch_model.source}: its weights are not finite (a training run that diverged); train again with "
             "a lower --lr"
         )
-    if dataset is not None and dataset.classes != info.classes:
-        raise CifarError(f"--data {dataset.source}: its classes differ from the checkpoint's {info.classes}")
-    if int8 and dataset is None:
+    if int8 and not with_data:
         raise CifarError("--int8 needs --data: calibration uses training images and the report test accuracy")
+    output = Path(output) if output else Path(torch_model.source).with_suffix(".onnx")
     if output.suffix.lower() != ".onnx":
         raise CifarError(f"-o {output}: the output file must end in .onnx")
     if output.is_dir():
@@ -240,8 +218,36 @@ def plan_export(torch_model, output: Path, opset, dataset, int8, calibration_ima
     if int8:
         check_can_write(int8_path_for(output))
     export_date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return ExportJob(output, opset or DEFAULT_OPSET, dataset, int8, calibration_images, int8_max_loss, threads,
-                     export_date)  # fmt: skip
+    return ExportJob(output, opset or DEFAULT_OPSET, int8, calibration_images, int8_max_loss, threads, export_date)
+
+
+def run_export(torch_model, job: ExportJob, dataset: "Dataset | None") -> ExportReport:
+    """Build the ONNX model in memory, check it against PyTorch, fit a temperature (with data),
+    save it once, then the INT8 file (job.int8)."""
+    info = torch_model.info
+    if dataset is not None and dataset.classes != info.classes:
+        raise CifarError(f"--data {dataset.source}: its classes differ from the checkpoint's {info.classes}")
+    proto = build_onnx(torch_model.model, info.input_size, job.opset)
+    onnx_model = OnnxClassifier(described(proto, metadata_for(info, job.export_date)), job.threads, str(job.output))
+    images, checked_on = parity_images(dataset, info.input_size)
+    expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)
+    max_diff = float(np.abs(expected - actual).max())
+    agreement = float((expected.argmax(1) == actual.argmax(1)).mean())
+    if not (max_diff <= MAX_ABS_DIFF and agreement == 1.0):  # NaN fails too
+        raise CifarError(
+            f"{job.output}: ONNX Runtime differs from PyTorch (max |diff| {max_diff:.2e} > {MAX_ABS_DIFF:g} "
+            f"or top-1 agreement {agreement:.2%} < 100%); not written, try another --opset"
+        )
+    report = ExportReport(job.output, 0, job.opset, proto.ir_version, runtimes_for(job.opset), len(images),
+                          checked_on, max_diff, agreement)  # fmt: skip
+    if dataset is not None:
+        info = replace(info, temperature=calibrate(onnx_model, dataset, report))
+    data = described(proto, metadata_for(info, job.export_date))
+    report.size_bytes = len(data)
+    save(job.output, data)
+    if job.int8:
+        report.int8 = export_int8(job, info, data, dataset)
+    return report
 
 
 def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
@@ -259,14 +265,14 @@ def calibrate(classifier, dataset: Dataset, report: ExportReport) -> float:
     return temperature
 
 
-def export_int8(job: ExportJob, info, fp32_data: bytes) -> dict:
+def export_int8(job: ExportJob, info, fp32_data: bytes, dataset: Dataset) -> dict:
     """Quantize the written fp32 model (int8.py), calibrated on the job's training images, and
     write it beside, unless it scores more than int8_max_loss below fp32 on the test split.
     Returns both models' accuracies."""
     from cifarcli import int8
 
-    test, int8_path = job.dataset.test, int8_path_for(job.output)
-    calibration_images = job.dataset.train.sample(job.calibration_images).images
+    test, int8_path = dataset.test, int8_path_for(job.output)
+    calibration_images = dataset.train.sample(job.calibration_images).images
     proto = int8.quantize(fp32_data, calibration_images)
     fp32_model = OnnxClassifier(fp32_data, job.threads, source=str(job.output))
     fp32_acc = split_accuracy(fp32_model, test)

@@ -98,7 +98,7 @@ def open_onnx_model(model: "str | Path | bytes", threads: int = 0, source: "str 
             raise CifarError(f"{path}: no such ONNX file")
         serialized, bundled = path.read_bytes(), is_bundled(path)
     source = source or str(model)
-    if not bundled:  # the bundled models passed it when built; it costs a one-image prediction much
+    if not bundled:  # the bundled models passed it when built; it would slow every short prediction (docs/decisions.md)
         check_with_onnx(serialized, source)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

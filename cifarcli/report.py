@@ -99,7 +99,7 @@ def progress_callback():
 
 
 class TrainDisplay:
-    """Implements train.py's events: a line per epoch, with a live bar for the epoch under way on a terminal."""
+    """The training events (events.py): a line per epoch, with a live bar for the epoch under way on a terminal."""
 
     def __init__(self):
         self.progress = None

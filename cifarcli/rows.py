@@ -45,14 +45,15 @@ class RowWriter:
             raise CifarError(f"--output {path}: --resume continues a .jsonl or .csv file; a .json array cannot grow")
         if resume and overwrite:
             raise CifarError("--resume and --overwrite: choose one (continue the rows, or replace them)")
-        # An existing file is continued (--resume) or replaced (--overwrite), never replaced unasked.
-        if not (resume or overwrite) and holds_rows(path, suffix):
-            raise CifarError(
-                f"--output {path}: already holds rows; continue them with --resume, or replace them with --overwrite"
-            )
         self.path, self.kind, self.top_k, self.count = path, suffix, top_k, 0
         extra = [f"top{i}_{part}" for i in range(1, top_k + 1) for part in ("label", "confidence")] if top_k > 1 else []
         header = ["path", "label", "confidence", *extra, "error"]
+        # An existing file is continued (--resume) or replaced (--overwrite), never replaced unasked.
+        if not (resume or overwrite) and holds_something(path, header):
+            raise CifarError(
+                f"--output {path}: already holds rows or other data; continue its rows with --resume, or replace "
+                "it with --overwrite"
+            )
         record = path.with_name(path.name + ".run.json")
         continuing = resume and path.exists()
         if continuing:
@@ -116,17 +117,14 @@ class RowWriter:
             raise self.write_failed(error) from None
 
 
-def holds_rows(path: Path, suffix: str) -> bool:
-    """Whether an output file holds a row (a header alone, as a run stopped before its first
-    row leaves it, holds none)."""
+def holds_something(path: Path, header: list[str]) -> bool:
+    """Whether an output file holds anything but what a run stopped before its first row leaves
+    (nothing, our CSV header, or the opening of a JSON array): that is replaced; all else is kept."""
     try:
-        with open(path, "rb") as file:
-            start = file.read(1 << 16)
+        text = path.read_bytes()[: 1 << 16].decode(errors="replace").strip()
     except OSError:
         return False
-    if suffix == ".csv":
-        return len(start.splitlines()) > 1
-    return b"{" in start
+    return text not in ("", ",".join(header), "[")
 
 
 def check_provenance(path: Path, record: Path, provenance: dict) -> None:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifarcli.checkpoint import atomic_write, load_checkpoint, readable_schema, save_checkpoint
+from cifarcli.checkpoint import atomic_write, check_readable_schema, load_checkpoint, save_checkpoint
 from cifarcli.errors import CifarError
 from cifarcli.recipes import upgrade_recipe_fields
 
@@ -68,9 +68,9 @@ class RunFolder:
 
     def read_config(self) -> dict:
         """config.json in today's schema, from any schema up to this one's (ValueError when
-        unreadable, CifarError when newer than this cifarcli reads)."""
+        unreadable, CifarError when its schema is malformed or newer than this cifarcli reads)."""
         config = json.loads(self.file(CONFIG).read_text())
-        readable_schema(config, CONFIG_SCHEMA, str(self.file(CONFIG)))  # every older one upgrades alike
+        check_readable_schema(config, CONFIG_SCHEMA, str(self.file(CONFIG)))  # every older one upgrades alike
         return {**config, "schema": CONFIG_SCHEMA, "recipe": upgrade_recipe_fields(config["recipe"])}
 
     def write_history(self, rows: list[dict]) -> None:

@@ -1,6 +1,6 @@
 """Experiment tracking where users already compare runs: TensorBoard and MLflow, opt-in (--log).
 
-A tracker follows a run as train.py's events do (start, epoch_start, step, epoch_end), records
+A tracker follows a run's events (events.py: start, epoch_start, step, epoch_end), records
 the result (finish) and how the run ended (end: FINISHED, FAILED or KILLED). TensorBoard's event
 files go into the run folder, so `tensorboard --logdir runs/train` compares every run. MLflow
 records a run at MLFLOW_TRACKING_URI (MLflow's own default when unset), in the experiment

@@ -114,7 +114,9 @@ def test_predict_into_an_existing_output_refuses_unless_told_to_resume_or_overwr
     before = rows.read_bytes(), (tmp_path / "rows.csv.run.json").read_bytes()
     again = runner.invoke(app, ["predict", str(pictures), "-o", str(rows), "--top-k", "2"])
     assert again.exit_code == 2
-    assert "already holds rows; continue them with --resume, or replace them with --overwrite" in one_line(again)
+    assert "already holds rows or other data; continue its rows with --resume, or replace it with --overwrite" in (
+        one_line(again)
+    )
     assert (rows.read_bytes(), (tmp_path / "rows.csv.run.json").read_bytes()) == before
     both = runner.invoke(app, ["predict", str(pictures), "-o", str(rows), "--resume", "--overwrite"])
     assert both.exit_code == 2 and "choose one" in one_line(both)
@@ -246,6 +248,9 @@ def test_a_cluster_that_does_not_answer_fails_in_one_line_without_waiting_half_a
     command = [sys.executable, "-m", "cifarcli", "predict", str(pictures), "--cluster", "tcp://127.0.0.1:1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=8, check=False)
     assert done.returncode == 2 and "--cluster tcp://127.0.0.1:1: no Dask scheduler answered" in done.stderr
+    command[-1] = "tcp://127.0.0.1:99999"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=8, check=False)
+    assert done.returncode == 2 and "--cluster tcp://127.0.0.1:99999: not a port" in done.stderr
 
 
 # ---------------------------------------------------------------- what reaches the terminal
@@ -398,6 +403,10 @@ def test_an_output_with_a_header_alone_holds_no_rows_and_is_replaced(pictures, t
     rows.write_text("path,label,confidence,error\n")  # as a run stopped before its first row leaves it
     assert runner.invoke(app, ["predict", str(pictures), "-o", str(rows)]).exit_code == 0
     assert len(rows.read_text().splitlines()) == 4
+    for name, text in (("own.csv", "my,own,data\n"), ("own.json", "[1, 2, 3]\n")):  # not ours: kept
+        (tmp_path / name).write_text(text)
+        kept = runner.invoke(app, ["predict", str(pictures), "-o", str(tmp_path / name)])
+        assert kept.exit_code == 2 and (tmp_path / name).read_text() == text
     alone = runner.invoke(app, ["predict", str(pictures), "--overwrite"])
     assert alone.exit_code == 2 and "--overwrite: give the --output file to replace" in one_line(alone)
 
