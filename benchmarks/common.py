@@ -7,7 +7,6 @@ BENCHMARKS.md.
 
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -37,15 +36,16 @@ def machine(gpu: "str | None" = None) -> dict:
     """What a result ran on: the CPU's model name, cores and instruction sets, or the GPU."""
     if gpu:
         return {"gpu": gpu}
+    from cifarcli.hardware import cores, detected_cpu_flags  # the machine's own, never CIFARCLI_CPU_FLAGS
+
     try:
         lines = open("/proc/cpuinfo").read().splitlines()
     except OSError:
-        return {"cpu": platform.processor() or "unknown CPU", "cores": os.cpu_count(), "isa": []}
-    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
-    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
-    isa = [name_ for name_, needs in INSTRUCTION_SETS.items() if flags & set(needs)]
-    cores = sum(line.startswith("processor") for line in lines)
-    return {"cpu": name, "cores": cores, "isa": isa}
+        lines = []
+    default = platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), default)
+    isa = [name_ for name_, needs in INSTRUCTION_SETS.items() if detected_cpu_flags() & set(needs)]
+    return {"cpu": name, "cores": cores(), "isa": isa}
 
 
 def shown(path) -> str:
@@ -130,12 +130,16 @@ def decode_images(files: list[Path], size: int, threads: int, batch_size: int = 
     batches as cifar predict's workers do."""
     import numpy as np
 
-    from cifarcli.images import decode_image
+    from cifarcli.batches import decode
+    from cifarcli.images import read_regular_file
+
+    def decode_batch(batch):  # as a predict worker does: the bytes, then predict's decoding rules
+        return [decode(read_regular_file(file), str(file), size) for file in batch]
 
     batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        decoded = pool.map(lambda batch: [decode_image(file, size) for file in batch], batches)
+        decoded = pool.map(decode_batch, batches)
         images = np.stack([image for batch in decoded for image in batch])
     return images, len(files) / (time.perf_counter() - started)
 
