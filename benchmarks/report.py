@@ -74,7 +74,7 @@ def mean_sd(values: list, as_percent: bool = True) -> str:
     if len(values) == 1:
         return shown(values[0])
     sd = statistics.stdev(values)
-    return f"{shown(statistics.mean(values))} ± {sd * 100:.2f}" if as_percent else f"{shown(statistics.mean(values))}"
+    return f"{shown(statistics.mean(values))} ± " + (f"{sd * 100:.2f}" if as_percent else f"{sd:,.0f}")
 
 
 def number(value, digits: int = 0) -> str:
