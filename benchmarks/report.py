@@ -18,7 +18,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = ("tutorial", "airbench94", "airbench-cpu", "airbench-narrow")  # the registry's order
 README_START, README_END = "<!-- performance:start -->", "<!-- performance:end -->"
 
 
@@ -96,7 +95,10 @@ def training_groups() -> dict:
     for key, rows in by([row for row in runs if not row.get("variant")], "model", "kind", "precision").items():
         newest = latest(rows)["code"]
         groups[key] = [row for row in rows if row["code"] == newest]
-    order = {model: index for index, model in enumerate(MODELS)}
+    sys.path.insert(0, str(ROOT))
+    from cifarcli.models import REGISTRY
+
+    order = {model: index for index, model in enumerate(REGISTRY)}  # the registry's order
     return dict(sorted(groups.items(), key=lambda item: (order.get(item[0][0], 99), item[0][1], item[0][2])))
 
 
