@@ -18,15 +18,9 @@ from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batc
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import accuracy, calibration, fit_temperature
-from cifarcli.onnx_model import metadata_for
+from cifarcli.onnx_model import DEFAULT_OPSET, OLDEST_OPSET, metadata_for
 
 MAX_ABS_DIFF = 1e-4  # fp32 logits, ONNX Runtime against PyTorch
-# The most portable opset that represents every registered network exactly, stamped with the
-# lowest IR version that carries it (9). Opset 20 has GELU as one op; below it GELU becomes
-# Erf-based ops, which ONNX Runtime runs exactly but OpenCV 4.14's importer crashes on
-# (benchmarks/portability.py).
-DEFAULT_OPSET = 20
-OLDEST_OPSET = 18  # the oldest torch's exporter writes
 # Where benchmarks/portability.py loaded fp32 exports and matched the installed ONNX Runtime's
 # top-1 on 1,000 test images.
 VERIFIED_RUNTIMES = {20: "ONNX Runtime 1.17.3 and newer, OpenCV DNN 4.14"}

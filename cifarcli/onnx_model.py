@@ -14,6 +14,12 @@ from cifarcli.checkpoint import ModelInfo
 from cifarcli.errors import CifarError, first_line
 
 CARD_KEY = "cifarcli_model_card"  # the model card's JSON, as checkpoints hold it
+# The most portable opset that represents every registered network exactly, stamped with the
+# lowest IR version that carries it (9). Opset 20 has GELU as one op; below it GELU becomes
+# Erf-based ops, which ONNX Runtime runs exactly but OpenCV 4.14's importer crashes on
+# (benchmarks/portability.py).
+DEFAULT_OPSET = 20
+OLDEST_OPSET = 18  # the oldest torch's exporter writes
 INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = "float32 RGB in [0, 1]"
 
@@ -81,7 +87,7 @@ def explain_load_failure(error: Exception, path: Path) -> str:
     needs = f"opset {opset[1]} of {opset[2]}" if opset else f"IR version {ir_version[1]}"
     return (
         f"{path}: the model needs {needs}, newer than onnxruntime {ort.__version__} supports; "
-        f"upgrade it (pip install -U onnxruntime) or re-export with `cifar export CHECKPOINT --opset 20`"
+        f"upgrade it (pip install -U onnxruntime) or re-export with `cifar export CHECKPOINT --opset {DEFAULT_OPSET}`"
     )
 
 

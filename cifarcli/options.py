@@ -2,14 +2,18 @@
 
 Help texts are rich markup: a literal "[" is written "\\[".
 
-Only typer is imported here, so that `cifar --help` answers at once. Defaults written out
-(batch sizes) must equal the library's constants; a test checks them.
+Besides typer, only modules without numpy or torch are imported here (the defaults help texts
+name come from them), so that `cifar --help` answers at once. Defaults written out (batch
+sizes) must equal the library's constants; a test checks them.
 """
 
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from cifarcli.models import DEFAULT_MODEL
+from cifarcli.onnx_model import DEFAULT_OPSET, OLDEST_OPSET
 
 
 def complete_model_name(incomplete: str) -> list[str]:
@@ -62,7 +66,7 @@ ModelName = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model name (see `cifar models`). Default: airbench-cpu.",
+        help=f"Model name (see `cifar models`). Default: {DEFAULT_MODEL}.",
         autocompletion=complete_model_name,
     ),
 ]
@@ -131,7 +135,9 @@ OnnxOutput = Annotated[
 Opset = Annotated[
     int | None,
     typer.Option(
-        help="ONNX opset: 18 up to the newest torch and ONNX Runtime support. Default: 20, the most portable.", min=18
+        help=f"ONNX opset: {OLDEST_OPSET} up to the newest torch and ONNX Runtime support. Default: {DEFAULT_OPSET}, "
+        "the most portable.",
+        min=OLDEST_OPSET,
     ),
 ]
 Int8 = Annotated[bool, typer.Option("--int8", help="Also write <name>.int8.onnx, statically quantized (needs --data).")]

@@ -279,9 +279,12 @@ def test_the_bundled_model_has_a_name_that_works_from_any_folder(image_folder, t
     assert done.returncode == 2 and "default.onnx: the model has 10 classes" in done.stderr
 
 
-def test_train_help_names_the_default_model():
-    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
-    assert "airbench-cpu" in result.output
+def test_help_names_the_defaults_the_library_uses():
+    from cifarcli.models import DEFAULT_MODEL
+    from cifarcli.onnx_model import DEFAULT_OPSET
+
+    assert f"Default: {DEFAULT_MODEL}." in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert f"Default: {DEFAULT_OPSET}," in runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200"}).output
 
 
 def test_evaluate_out_without_matplotlib_writes_metrics_and_names_the_skipped_pictures(
