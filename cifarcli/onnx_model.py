@@ -111,19 +111,19 @@ def open_onnx_model(model: "str | Path | bytes", threads: int = 0, source: "str 
     options.log_severity_level = 3
     try:
         # From bytes, not a path: ONNX Runtime then cannot resolve external data next to it.
-        session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+        runtime = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     except Exception as error:
         raise CifarError(explain_load_failure(error, source)) from None
-    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    metadata = dict(runtime.get_modelmeta().custom_metadata_map)
     info = info_from_metadata(metadata, source)
-    check_graph_matches_card(session, info, source)
-    return info, session
+    check_graph_matches_card(runtime, info, source)
+    return info, runtime
 
 
-def check_graph_matches_card(session, info: ModelInfo, source: str) -> None:
+def check_graph_matches_card(runtime, info: ModelInfo, source: str) -> None:
     """Refuse a graph that cannot take what its model card promises: one float32 input of any
     batch, INPUT_LAYOUT at the card's input size, and one output of one logit per class."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    inputs, outputs = runtime.get_inputs(), runtime.get_outputs()
     problem = None
     if len(inputs) != 1 or len(outputs) != 1:
         problem = f"has {len(inputs)} inputs and {len(outputs)} outputs, not one of each"
