@@ -48,11 +48,11 @@ from common import (
 )
 
 sys.path.insert(0, str(ROOT))
+from cifarcli.batches import PREDICT_BATCH
 from cifarcli.bundled import choose_bundled_model
 from cifarcli.classifier import OnnxClassifier
 from cifarcli.data import load_dataset
 from cifarcli.evaluate import evaluate
-from cifarcli.predict import PREDICT_BATCH
 from cifarcli.sources import discover_images
 
 

@@ -17,6 +17,9 @@ from cifarcli.rows import Row
 from cifarcli.sources import FileSystem
 
 LOCAL = FileSystem()
+# Images per ONNX Runtime call, per worker or Dask task batch. Each call holds its own
+# activations: 64 runs as fast as 256 in far less memory (docs/decisions.md).
+PREDICT_BATCH = 64
 UNSURE = "unsure"  # the label of an image whose top confidence is below --min-confidence
 # Small files that Pillow decodes are decoded one at a time. Their decoding is mostly Python
 # (Pillow's header parsing) rather than the codec, and two threads running that Python at once

@@ -76,9 +76,9 @@ def train_command(
     settings: opt.Settings = None,
     name: opt.RunName = None,
     out: opt.RunsFolder = None,
-    device: opt.Device = "auto",
+    device: opt.Device = None,
     resume: opt.Resume = None,
-    nproc: opt.Processes = 1,
+    nproc: opt.Processes = None,
     log: opt.Trackers = None,
     cache_dir: opt.CacheDir = None,
     as_json: opt.Json = False,
@@ -91,6 +91,7 @@ def train_command(
     from cifarcli.run import decide_setup, take_run_folder
     from cifarcli.run_folder import open_resumable
 
+    device, precision, log = opt.chosen(device), opt.chosen(precision), opt.chosen(log)
     display = report.TrainDisplay()
     with user_errors():
         check_finite(epochs=epochs, lr=lr, val_fraction=val_fraction)
@@ -107,9 +108,9 @@ def train_command(
             val_fraction = resumed.val_fraction or None
         model = model or DEFAULT_MODEL
         recipe = get_model_entry(model).recipe.override(**(resumed.recipe if resumed else overrides))
-        if nproc > 1:
+        if nproc and nproc > 1:
             raise typer.Exit(launch_local(nproc, recipe.batch_size, sys.argv[1:]))
-        setup = decide_setup(device, precision or "auto")
+        setup = decide_setup(device, precision)
         dataset = once_per_machine(setup.ranks, lambda: load_data(data, 32, cache_dir, val_fraction))
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
@@ -165,11 +166,11 @@ def evaluate_command(
     model: opt.ModelFile,
     data: opt.Data = None,
     val_fraction: opt.ValFraction = None,
-    split: opt.Split = "test",
-    tta: opt.Tta = False,
-    batch_size: opt.EvaluateBatch = 100,
+    split: opt.Split = None,
+    tta: opt.TtaLevel = None,
+    batch_size: opt.EvaluateBatch = None,
     out: opt.EvaluateOut = None,
-    log: opt.EvaluateLog = None,
+    log: opt.Trackers = None,
     run_id: opt.RunId = None,
     cache_dir: opt.CacheDir = None,
     as_json: opt.Json = False,
@@ -180,18 +181,18 @@ def evaluate_command(
     from cifarcli.evaluate import evaluate
     from cifarcli.plots import write_outputs
 
+    split, log = opt.chosen(split), opt.chosen(log) or []
     with user_errors(), stops_said(EVERY_FILE_WHOLE):
         check_finite(val_fraction=val_fraction)
+        if set(log) - {"mlflow"}:
+            raise CifarError("--log tensorboard: an evaluation attaches to an MLflow run; use --log mlflow or --out")
         classifier = load_classifier(model)
         val_fraction = val_fraction if val_fraction is not None else classifier.info.val_fraction or None
         dataset = load_data(data, classifier.info.input_size, cache_dir, val_fraction)
-        level = int(classifier.info.recipe.get("tta", 1)) if tta else 0
         with report.progress_callback() as on_progress:
-            evaluation = evaluate(classifier, dataset, split, level, batch_size, on_progress)
-        written, skipped = write_outputs(evaluation, out, dataset.split(split).images) if out else ([], [])
-        if log is not None:
-            if log != "mlflow":
-                raise CifarError(f"--log {log}: an evaluation attaches to an MLflow run; use --log mlflow")
+            evaluation = evaluate(classifier, dataset, split, tta, batch_size, on_progress)
+        written, skipped = write_outputs(evaluation, out, dataset.split(evaluation.split).images) if out else ([], [])
+        if log:
             from cifarcli.tracking import log_evaluation
 
             pictures = [path for path in written if path.suffix == ".png"]
@@ -213,8 +214,8 @@ def export_command(
     opset: opt.Opset = None,
     data: opt.Data = None,
     int8: opt.Int8 = False,
-    calibration_images: opt.CalibrationImages = 300,
-    int8_max_loss: opt.Int8MaxLoss = 0.01,
+    calibration_images: opt.CalibrationImages = None,
+    int8_max_loss: opt.Int8MaxLoss = None,
     cache_dir: opt.CacheDir = None,
     as_json: opt.Json = False,
 ):
@@ -244,12 +245,12 @@ EXIT_SOME_FAILED = 3
 def predict_command(
     paths: opt.Paths,
     model: opt.OnnxModel = None,
-    batch_size: opt.PredictBatch = 64,
-    top_k: opt.TopK = 1,
+    batch_size: opt.PredictBatch = None,
+    top_k: opt.TopK = None,
     output: opt.Rows = None,
-    recursive: opt.Recursive = True,
-    threads: opt.Threads = 0,
-    min_confidence: opt.MinConfidence = 0.0,
+    recursive: opt.Recursive = None,
+    threads: opt.Threads = None,
+    min_confidence: opt.MinConfidence = None,
     resume: opt.ResumeRows = False,
     overwrite: opt.Overwrite = False,
     bundled: opt.Bundled = None,
@@ -269,7 +270,7 @@ def predict_command(
         check_finite(min_confidence=min_confidence)
         with report.progress_callback() as on_progress:
             run = prepare_predictions(
-                paths, model, bundled, output, top_k, min_confidence, resume, recursive,
+                paths, model, opt.chosen(bundled), output, top_k, min_confidence, resume, recursive,
                 storage_options=parse_storage_options(storage_options), shard=parse_shard(shard), overwrite=overwrite,
                 on_listing=lambda count, finished: on_progress("listing files", count, count if finished else None),
             )  # fmt: skip
@@ -284,10 +285,10 @@ def predict_command(
             report.note(run.interrupted_hint(summary, sys.argv[1:]))
             raise typer.Exit(stops.exit_code(stop)) from None
     if as_json:
-        rows = [row_to_dict(row, top_k) for row in summary.rows]
+        rows = [row_to_dict(row, run.top_k) for row in summary.rows]
         report.print_json({"model": str(run.model), "summary": summary.totals(), "rows": rows})
     else:
-        report.show_predictions(summary, top_k, output)
+        report.show_predictions(summary, run.top_k, output)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 

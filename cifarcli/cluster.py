@@ -62,16 +62,19 @@ def refuse_if_nothing_listens(address: str) -> None:
 
 
 def cluster_rows(
-    address: str, model_bytes: bytes, files: list[str], batch_size: int, top_k: int, min_confidence: float,
+    address: str, model_bytes: bytes, files: list[str], batch_size: "int | None", top_k: int, min_confidence: float,
     file_system,
 ) -> Iterator:  # fmt: skip
     """The rows of every file, in order, classified by the cluster's workers."""
     client = connect(address)  # first: it names the extra when Dask is missing
     from distributed import as_completed
 
+    from cifarcli.batches import PREDICT_BATCH
+
     try:
         model = client.scatter(model_bytes, broadcast=True)
         model_hash, job = hashlib.sha256(model_bytes).hexdigest(), uuid.uuid4().hex[:8]
+        batch_size = batch_size or PREDICT_BATCH
         per_task = batch_size * BATCHES_PER_TASK
         tasks = [files[start : start + per_task] for start in range(0, len(files), per_task)]
         window = max(1, TASKS_PER_WORKER_THREAD * sum(client.nthreads().values()))

@@ -57,6 +57,9 @@ class Split:
         return Split(self.images[picks], self.labels[picks])
 
 
+SPLITS = ("train", "test")
+
+
 @dataclass
 class Dataset:
     train: Split
@@ -69,8 +72,8 @@ class Dataset:
     notes: list[str] = field(default_factory=list)  # what the loading did that a user should hear of
 
     def split(self, name: str) -> Split:
-        if name not in ("train", "test"):
-            raise CifarError(f"--split {name}: choose train or test")
+        if name not in SPLITS:
+            raise CifarError(f"--split {name}: choose {' or '.join(SPLITS)}")
         return self.train if name == "train" else self.test
 
 

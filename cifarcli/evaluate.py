@@ -157,15 +157,17 @@ def most_confused_pairs(confusion: np.ndarray, classes: list[str], count: int = 
 def evaluate(
     classifier: Classifier,
     dataset: Dataset,
-    split: str = "test",
-    tta: int = 0,
-    batch_size: int = EVAL_BATCH,
+    split: "str | None" = None,
+    tta: "int | None" = None,
+    batch_size: "int | None" = None,
     on_progress=None,
 ) -> Evaluation:
+    """Score a split (default: test) at a TTA level (default: 0, none)."""
     check_compatible(classifier, dataset)
+    split, tta = split or "test", tta or 0
     data = dataset.split(split)
     report_batch = (lambda done: on_progress("evaluating", done, len(data))) if on_progress else None
-    logits = predict_in_batches(classifier, data.images, batch_size, tta, report_batch)
+    logits = predict_in_batches(classifier, data.images, batch_size or EVAL_BATCH, tta, report_batch)
     probabilities = softmax(logits.astype(np.float64) / classifier.info.temperature)
     predictions = logits.argmax(1)
     confusion = confusion_matrix(data.labels, predictions, len(dataset.classes))

@@ -174,9 +174,9 @@ def export_checkpoint(
     opset: "int | None" = None,
     dataset: "Dataset | None" = None,
     int8: bool = False,
-    calibration_images: int = 300,
+    calibration_images: "int | None" = None,
     threads: int = 0,
-    int8_max_loss: float = 0.01,
+    int8_max_loss: "float | None" = None,
 ) -> ExportReport:
     """Export a checkpoint (its path, or loaded as a TorchClassifier) to output, beside the
     checkpoint by default; benchmarks/export.py times the files."""
@@ -186,10 +186,20 @@ def export_checkpoint(
 
 
 def plan_export(
-    torch_model, output, opset, with_data: bool, int8: bool, calibration_images: int, int8_max_loss: float, threads: int
+    torch_model,
+    output: "Path | None" = None,
+    opset: "int | None" = None,
+    with_data: bool = False,
+    int8: bool = False,
+    calibration_images: "int | None" = None,
+    int8_max_loss: "float | None" = None,
+    threads: int = 0,
 ) -> ExportJob:
-    """The ExportJob, once every option is checked and the outputs are shown to be writable."""
+    """The ExportJob, once every option is checked and the outputs are shown to be writable;
+    options left None take int8.py's and onnx_model.py's defaults."""
     import torch
+
+    from cifarcli.int8 import CALIBRATION_IMAGES, INT8_MAX_LOSS
 
     if not all(bool(torch.isfinite(tensor).all()) for tensor in torch_model.model.state_dict().values()):
         raise CifarError(
@@ -212,7 +222,15 @@ def plan_export(
     if int8:
         check_can_write(int8_path_for(output))
     export_date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return ExportJob(output, opset or DEFAULT_OPSET, int8, calibration_images, int8_max_loss, threads, export_date)
+    return ExportJob(
+        output,
+        opset or DEFAULT_OPSET,
+        int8,
+        calibration_images or CALIBRATION_IMAGES,
+        INT8_MAX_LOSS if int8_max_loss is None else int8_max_loss,
+        threads,
+        export_date,
+    )
 
 
 def run_export(torch_model, job: ExportJob, dataset: "Dataset | None") -> ExportReport:

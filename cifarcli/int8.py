@@ -20,6 +20,8 @@ from cifarcli.classifier import to_model_input
 
 DESCRIPTION = "int8 static QLinearConv (uint8 activations, per-channel 7-bit weights), first convolution in float"
 CALIBRATION_BATCH = 32
+CALIBRATION_IMAGES = 300  # training images that calibrate the activation ranges
+INT8_MAX_LOSS = 0.01  # refuse an int8 model more than one point of test accuracy below fp32
 
 
 def quantize(fp32_data: bytes, calibration: np.ndarray):

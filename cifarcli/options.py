@@ -2,18 +2,47 @@
 
 Help texts are rich markup: a literal "[" is written "\\[".
 
-Besides typer, only modules without numpy or torch are imported here (the defaults help texts
-name come from them), so that `cifar --help` answers at once. Defaults written out (batch
-sizes) must equal the library's constants; a test checks them.
+Options default to None and the library resolves them; help texts read the library's constants,
+so each default is stated once. Only modules without torch or onnxruntime are imported here,
+so that `cifar --help` answers at once. Choices are Enums made from the library's own lists, so
+--help lists them and the parser refuses others. One name means one thing in every command:
+`--out DIR` is a folder, `--output/-o FILE` a file, `--model` the model a command uses.
 """
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cifarcli.batches import PREDICT_BATCH
+from cifarcli.bundled import MODELS as BUNDLED_MODELS
+from cifarcli.classifier import EVAL_BATCH
+from cifarcli.data import SPLITS
+from cifarcli.int8 import CALIBRATION_IMAGES, INT8_MAX_LOSS
 from cifarcli.models import DEFAULT_MODEL
 from cifarcli.onnx_model import DEFAULT_OPSET, OLDEST_OPSET
+from cifarcli.run import DEVICES, PRECISIONS
+from cifarcli.tracking import TRACKERS
+
+
+def choices(name: str, values) -> type[Enum]:
+    """An Enum of the library's choices, for typer to list and check."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+def chosen(value: "Enum | list[Enum] | None"):
+    """The library's plain string (or list of them) for a parsed Enum choice; None stays None."""
+    if isinstance(value, list):
+        return [item.value for item in value]
+    return value.value if isinstance(value, Enum) else value
+
+
+PrecisionChoice = choices("PrecisionChoice", PRECISIONS)
+DeviceChoice = choices("DeviceChoice", DEVICES)
+SplitChoice = choices("SplitChoice", SPLITS)
+TrackerChoice = choices("TrackerChoice", TRACKERS)
+BundledChoice = choices("BundledChoice", BUNDLED_MODELS)
 
 
 def complete_model_name(incomplete: str) -> list[str]:
@@ -77,13 +106,16 @@ TrainBatch = Annotated[
 LearningRate = Annotated[float | None, typer.Option(help="Override the recipe's peak learning rate.", min=0)]
 Seed = Annotated[int | None, typer.Option(help="Random seed.")]
 TtaLevel = Annotated[
-    int | None, typer.Option(help="Test-time augmentation level 0-2 for the final figure.", min=0, max=2)
+    int | None,
+    typer.Option(
+        "--tta", help="Test-time augmentation level 0-2 for the final figure. Default: the recipe's.", min=0, max=2
+    ),
 ]
 Precision = Annotated[
-    str | None,
+    PrecisionChoice | None,
     typer.Option(
-        help="Training steps in auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it natively, fp16 on "
-        "older GPUs, else fp32). Accuracy is always scored in fp32."
+        help="Training steps' precision (auto: bf16 where the hardware has it natively, fp16 on older GPUs, else "
+        "fp32). Accuracy is always scored in fp32. Default: auto."
     ),
 ]
 Settings = Annotated[
@@ -96,16 +128,19 @@ Settings = Annotated[
 ]
 RunName = Annotated[str | None, typer.Option(help="Run name: <out>/<name>, numbered if taken. Default: exp.")]
 RunsFolder = Annotated[Path | None, typer.Option(help="Parent folder of run folders. Default: runs/train.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+Device = Annotated[DeviceChoice | None, typer.Option(help="Where to train. Default: auto.")]
 Resume = Annotated[
     Path | None, typer.Option(help="Continue a run from its folder (or its last.pt); needs no other option.")
 ]
-Processes = Annotated[int, typer.Option(help="Train with N processes here (runs torchrun; see README).", min=1)]
+Processes = Annotated[
+    int | None, typer.Option(help="Train with N processes here (runs torchrun; see README). Default: 1.", min=1)
+]
 Trackers = Annotated[
-    list[str] | None,
+    list[TrackerChoice] | None,
     typer.Option(
         "--log",
-        help="Also track the run in tensorboard or mlflow (cifarcli\\[tensorboard], \\[mlflow]). Repeatable.",
+        help="Also track the run in TensorBoard or MLflow (cifarcli\\[tensorboard], \\[mlflow]); evaluate "
+        "attaches to an MLflow run. Repeatable.",
     ),
 ]
 
@@ -114,13 +149,11 @@ Trackers = Annotated[
 ModelFile = Annotated[
     Path, typer.Argument(help="A .pt checkpoint, an .onnx export, or default / default.int8 (the bundled models).")
 ]
-Split = Annotated[str, typer.Option(help="train or test.")]
-Tta = Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation at the model recipe's level.")]
-EvaluateBatch = Annotated[int, typer.Option(help="Images per forward pass.", min=1)]  # classifier.EVAL_BATCH: 100
-EvaluateOut = Annotated[Path | None, typer.Option(help="Write metrics.json and the pictures here.")]
-EvaluateLog = Annotated[
-    str | None, typer.Option("--log", help="mlflow: attach the metrics and pictures to an MLflow run (--run-id).")
+Split = Annotated[SplitChoice | None, typer.Option(help="The data split to score. Default: test.")]
+EvaluateBatch = Annotated[
+    int | None, typer.Option("--batch-size", help=f"Images per forward pass. Default: {EVAL_BATCH}.", min=1)
 ]
+EvaluateOut = Annotated[Path | None, typer.Option(help="Write metrics.json and the pictures here.")]
 RunId = Annotated[
     str | None,
     typer.Option(help="The MLflow run for --log mlflow. Default: the one the checkpoint's run folder records."),
@@ -141,11 +174,16 @@ Opset = Annotated[
     ),
 ]
 Int8 = Annotated[bool, typer.Option("--int8", help="Also write <name>.int8.onnx, statically quantized (needs --data).")]
-CalibrationImages = Annotated[int, typer.Option(help="Training images used to calibrate --int8.", min=1)]
+CalibrationImages = Annotated[
+    int | None,
+    typer.Option(help=f"Training images used to calibrate --int8. Default: {CALIBRATION_IMAGES}.", min=1),
+]
 Int8MaxLoss = Annotated[
-    float,
+    float | None,
     typer.Option(
-        help="Refuse an --int8 model whose test accuracy is more than this below fp32's (0.01: one point).", min=0
+        help="Refuse an --int8 model whose test accuracy is more than this below fp32's (0.01: one point). "
+        f"Default: {INT8_MAX_LOSS}.",
+        min=0,
     ),
 ]
 
@@ -159,23 +197,31 @@ OnnxModel = Annotated[
     ),
 ]
 PredictBatch = Annotated[
-    int, typer.Option(help="Images per ONNX Runtime call, per worker.", min=1)
-]  # predict.PREDICT_BATCH
-TopK = Annotated[int, typer.Option(help="Also list the k most likely classes.", min=1)]
+    int | None,
+    typer.Option("--batch-size", help=f"Images per ONNX Runtime call, per worker. Default: {PREDICT_BATCH}.", min=1),
+]
+TopK = Annotated[int | None, typer.Option(help="Also list the k most likely classes. Default: 1.", min=1)]
 Rows = Annotated[Path | None, typer.Option("--output", "-o", help="Write rows to a .csv, .json or .jsonl file.")]
-Recursive = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")]
-Threads = Annotated[int, typer.Option(help="Worker threads, each decoding whole batches; 0: one per core.", min=0)]
+Recursive = Annotated[
+    bool | None, typer.Option("--recursive/--no-recursive", help="Descend into subfolders. Default: yes.")
+]
+Threads = Annotated[
+    int | None, typer.Option(help="Worker threads, each decoding whole batches. Default (or 0): one per core.", min=0)
+]
 MinConfidence = Annotated[
-    float, typer.Option(help="Label an image 'unsure' when its top class's confidence is below this.", min=0, max=1)
+    float | None,
+    typer.Option(
+        help="Label an image 'unsure' when its top class's confidence is below this. Default: 0.", min=0, max=1
+    ),
 ]
 ResumeRows = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run: skip the files already in --output.")
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an --output file that already holds rows.")]
 Bundled = Annotated[
-    str | None,
+    BundledChoice | None,
     typer.Option(
-        help="Without --model: the bundled model in fp32 or int8. Default: int8 on x86 CPUs with int8 instructions."
+        help="Without --model: the bundled model's precision. Default: int8 on x86 CPUs with int8 instructions."
     ),
 ]
 Cluster = Annotated[

@@ -16,15 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifarcli.batches import LOCAL, UNSURE, classify_batch
+from cifarcli.batches import LOCAL, PREDICT_BATCH, UNSURE, classify_batch
 from cifarcli.bundled import bundled_or_path, choose_bundled_model
 from cifarcli.errors import CifarError
 from cifarcli.rows import Row, RowWriter
 from cifarcli.sources import FileSystem, discover_images, in_shard
-
-# Per worker. Each worker's ONNX Runtime call holds its own activations: 64 runs as fast as 256
-# in far less memory (docs/decisions.md).
-PREDICT_BATCH = 64
 
 
 @dataclass
@@ -66,7 +62,7 @@ class Summary:
 def predict_files(
     classifier,
     files: list[str],
-    batch_size: int = PREDICT_BATCH,
+    batch_size: "int | None" = None,
     top_k: int = 1,
     workers: int = 1,
     min_confidence: float = 0,
@@ -83,6 +79,7 @@ def predict_files(
     that confidence and the top-k candidates."""
     top_k = max(1, min(top_k, len(classifier.info.classes)))
     # A folder of a few images still gives every worker a share.
+    batch_size = batch_size or PREDICT_BATCH
     per_batch = max(1, min(batch_size, -(-len(files) // workers)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         in_flight: deque = deque()
@@ -119,16 +116,18 @@ class PredictionRun:
 
 
 def prepare_predictions(
-    paths: list[str], model: "Path | None", bundled: "str | None", output: "Path | None", top_k: int,
-    min_confidence: float, resume: bool, recursive: bool, storage_options: "dict | None" = None,
+    paths: list[str], model: "Path | None", bundled: "str | None", output: "Path | None", top_k: "int | None",
+    min_confidence: "float | None", resume: bool, recursive: "bool | None", storage_options: "dict | None" = None,
     shard: "tuple[int, int] | None" = None, overwrite: bool = False, on_listing=None,
 ) -> PredictionRun:  # fmt: skip
     """The model (the bundled one when none is given), the files found (the shard's only, with
     --shard), and the output: a new file, with resume the same file continued once it is shown to
     come from the same model and options, with overwrite an existing file replaced.
-    on_listing(count, finished): the number of files found so far, while they are listed."""
+    on_listing(count, finished): the number of files found so far, while they are listed. None
+    means: top 1, no confidence floor, folders searched recursively."""
     from cifarcli.classifier import OnnxClassifier
 
+    top_k, min_confidence, recursive = top_k or 1, min_confidence or 0.0, recursive is not False
     notes = []
     if model is None:
         model, why = choose_bundled_model(bundled)

@@ -23,6 +23,7 @@ from cifarcli.hardware import cores, cpu_has_native_bf16
 from cifarcli.run_folder import RunFolder
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -98,7 +99,7 @@ def resolve_device(requested: str, local_rank: int) -> str:
         return "mps"
     if requested == "cpu":
         return "cpu"
-    raise CifarError(f"--device {requested}: choose auto, cpu, cuda or mps")
+    raise CifarError(f"--device {requested}: choose {', '.join(DEVICES)}")
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -118,16 +119,17 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def decide_setup(device: str = "auto", precision: str = "auto") -> RunSetup:
+def decide_setup(device: "str | None" = None, precision: "str | None" = None) -> RunSetup:
     """Decide the device (from LOCAL_RANK under torchrun), join the process group, decide the
-    precision and the threads."""
+    precision and the threads; None is auto."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device, local_rank)
+    device = resolve_device(device or "auto", local_rank)
     ranks = join_process_group(device)
-    return RunSetup(device, resolve_precision(precision, device), ranks, max(1, cores() // ranks.local_world))
+    precision = resolve_precision(precision or "auto", device)
+    return RunSetup(device, precision, ranks, max(1, cores() // ranks.local_world))
 
 
-def prepare_run(device: str, precision: str, run_dir: Path) -> "RunContext":
+def prepare_run(device: "str | None", precision: "str | None", run_dir: Path) -> "RunContext":
     """A library caller's run in a folder of its own: decide_setup() in that folder."""
     return decide_setup(device, precision).in_folder(run_dir)
 

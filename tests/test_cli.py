@@ -27,15 +27,19 @@ def test_help_does_not_import_torch():
     assert "train" in completed.stdout and "predict" in completed.stdout
 
 
-def test_batch_size_defaults_written_out_in_the_cli_are_the_modules_constants():
+def test_options_default_to_none_and_help_shows_the_librarys_defaults():
     import inspect
 
+    from cifarcli.batches import PREDICT_BATCH
     from cifarcli.classifier import EVAL_BATCH
-    from cifarcli.cli import evaluate_command, predict_command
-    from cifarcli.predict import PREDICT_BATCH
+    from cifarcli.cli import app
 
-    assert inspect.signature(evaluate_command).parameters["batch_size"].default == EVAL_BATCH
-    assert inspect.signature(predict_command).parameters["batch_size"].default == PREDICT_BATCH
+    for command in app.registered_commands:
+        for name, parameter in inspect.signature(command.callback).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                assert parameter.default in (None, False), f"cifar {command.name} --{name}: {parameter.default!r}"
+    assert f"Default: {EVAL_BATCH}." in runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "400"}).output
+    assert f"Default: {PREDICT_BATCH}." in runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "400"}).output
 
 
 def test_version():
@@ -96,7 +100,6 @@ def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tm
         (["evaluate", "{tmp}/missing.pt"], "no such model file"),
         (["evaluate", "{tmp}/notes.txt", "--data", "{folder}"], "not a cifarcli checkpoint"),
         (["evaluate", "{tmp}/fake.onnx", "--data", "{folder}"], "fake.onnx"),
-        (["evaluate", "{checkpoint}", "--data", "{folder}", "--split", "val"], "--split val"),
         (["export", "{tmp}/notes.txt"], "not a cifarcli checkpoint"),
         (["export", "{checkpoint}", "-o", "{tmp}/model.txt"], "must end in .onnx"),
         (["export", "{checkpoint}", "--int8"], "--int8 needs --data"),
