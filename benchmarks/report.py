@@ -3,14 +3,17 @@
     python benchmarks/report.py            # rewrite both files
     python benchmarks/report.py --check    # exit 1 if either differs from what the rows give
 
-Each table shows the latest figures of each machine kind (a CPU model with the instruction sets
-that change the answers, or a GPU); the rows keep the history. Training figures are the runs of
-the newest `code` (package source) of each model, machine kind and precision: mean ± standard
+The page is benchmarks/page.md with each {{name}} replaced by the table TABLES[name] makes: one
+generic table() over the items a table shows and its columns (header, cell of an item). Each
+table shows the latest figures of each machine kind (a CPU model with the instruction sets that
+change the answers, or a GPU); the rows keep the history. Training figures are the runs of the
+newest `code` (package source) of each model, machine kind and precision: mean ± standard
 deviation over its runs. Nothing here measures anything.
 """
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -19,16 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README_START, README_END = "<!-- performance:start -->", "<!-- performance:end -->"
-
-
-# ---------------------------------------------------------------- reading rows
+sys.path.insert(0, str(ROOT))
 
 
 def load(suite: str) -> list[dict]:
     path = RESULTS / f"{suite}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def machine_kind(machine: dict) -> str:
@@ -58,85 +57,90 @@ def by(rows: list[dict], *keys) -> dict:
     return groups
 
 
-# ---------------------------------------------------------------- formatting
+def newest_each(rows: list[dict], *keys) -> list[dict]:
+    """The newest row of each group, the groups in order."""
+    return [latest(group) for _, group in sorted(by(rows, *keys).items())]
 
 
 def percent(value) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
-def mean_sd(values: list, as_percent: bool = True) -> str:
-    values = [value for value in values if value is not None]
-    if not values:
-        return "—"
-    shown = percent if as_percent else (lambda value: f"{value:,.0f}")
-    if len(values) == 1:
-        return shown(values[0])
-    sd = statistics.stdev(values)
-    return f"{shown(statistics.mean(values))} ± " + (f"{sd * 100:.2f}" if as_percent else f"{sd:,.0f}")
-
-
 def number(value, digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+def mean_sd(values: list, shown=percent) -> str:
+    """Mean ± one standard deviation (in points for percentages)."""
+    values = [value for value in values if value is not None]
+    if len(values) < 2:
+        return shown(values[0]) if values else "—"
+    sd = statistics.stdev(values)
+    return f"{shown(statistics.mean(values))} ± " + (f"{sd * 100:.2f}" if shown is percent else number(sd))
 
 
-# ---------------------------------------------------------------- the tables
+def mean_count(values: list) -> str:
+    return f"{statistics.mean(values):.2f} ({len(values)})" if values else "—"
+
+
+def table(items: list, columns: list) -> list[str]:
+    """A Markdown table: one row per item, one cell per (header, cell of an item) column."""
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(cell(item)) for _, cell in columns) + " |" for item in items]
+
+
+def of(runs: list[dict], key: str) -> list:
+    return [run.get(key) for run in runs]
+
+
+# ---------------------------------------------------------------- training
 
 
 def training_groups() -> dict:
     """(model, machine kind, precision) -> the runs of its newest code, the model's own recipe."""
+    from cifarcli.models import REGISTRY
+
     runs = [row for row in load("training") + load("versus_airbench") if row.get("kind") == "run"]
     groups = {}
     for key, rows in by([row for row in runs if not row.get("variant")], "model", "kind", "precision").items():
-        newest = latest(rows)["code"]
-        groups[key] = [row for row in rows if row["code"] == newest]
-    sys.path.insert(0, str(ROOT))
-    from cifarcli.models import REGISTRY
-
-    order = {model: index for index, model in enumerate(REGISTRY)}  # the registry's order
+        groups[key] = [row for row in rows if row["code"] == latest(rows)["code"]]
+    order = {model: index for index, model in enumerate(REGISTRY)}
     return dict(sorted(groups.items(), key=lambda item: (order.get(item[0][0], 99), item[0][1], item[0][2])))
 
 
 def training_table() -> list[str]:
-    header = ["model", "machine", "precision", "runs (seeds)", "test acc", "with TTA", "training s", "wall s",
-              "train s ÷ airbench94", "wall s ÷ airbench94", "code, dates"]  # fmt: skip
-    rows = []
-    for (model, kind, precision), runs in training_groups().items():
-        seeds = sorted({run["seed"] for run in runs})
-        ratios = [run["ratio"] for run in runs if run.get("ratio") is not None]
-        waits = [run["wall_s"] / run["airbench94_s"] for run in runs if run.get("airbench94_s") and run.get("wall_s")]
-        dates = sorted({run["date"] for run in runs})
-        rows.append([
-            f"`{model}`", kind, precision, f"{len(runs)} ({', '.join(map(str, seeds))})",
-            mean_sd([run.get("test_acc") for run in runs]), mean_sd([run.get("test_acc_tta") for run in runs]),
-            mean_sd([run.get("train_s") for run in runs], as_percent=False),
-            mean_sd([run.get("wall_s") for run in runs], as_percent=False),
-            f"{statistics.mean(ratios):.2f} ({len(ratios)})" if ratios else "—",
-            f"{statistics.mean(waits):.2f} ({len(waits)})" if waits else "—",
-            f"{runs[0]['code']}, {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else ""),
-        ])  # fmt: skip
-    return table(header, rows)
+    def dates(runs):
+        days = sorted({run["date"] for run in runs})
+        return f"{runs[0]['code']}, {days[0]}" + (f" to {days[-1]}" if len(days) > 1 else "")
+
+    def waits(runs):
+        return [run["wall_s"] / run["airbench94_s"] for run in runs if run.get("airbench94_s") and run.get("wall_s")]
+
+    return table(list(training_groups().items()), [
+        ("model", lambda item: f"`{item[0][0]}`"), ("machine", lambda item: item[0][1]),
+        ("precision", lambda item: item[0][2]),
+        ("runs (seeds)", lambda item: f"{len(item[1])} ({', '.join(map(str, sorted(set(of(item[1], 'seed')))))})"),
+        ("test acc", lambda item: mean_sd(of(item[1], "test_acc"))),
+        ("with TTA", lambda item: mean_sd(of(item[1], "test_acc_tta"))),
+        ("training s", lambda item: mean_sd(of(item[1], "train_s"), number)),
+        ("wall s", lambda item: mean_sd(of(item[1], "wall_s"), number)),
+        ("train s ÷ airbench94", lambda item: mean_count([ratio for ratio in of(item[1], "ratio") if ratio])),
+        ("wall s ÷ airbench94", lambda item: mean_count(waits(item[1]))), ("code, dates", lambda item: dates(item[1])),
+    ])  # fmt: skip
 
 
 def step_costs(kind: str, model: str, precision: str) -> dict:
     """Crop size -> milliseconds per step, from the newest step-cost run on this kind."""
     steps = [row for row in load("training") if row.get("kind") == "step" and machine_kind(row["machine"]) == kind]
     steps = [row for row in steps if row["model"] == model and row["precision"] == precision]
-    if not steps:
-        return {}
     newest = latest(steps)
-    return {row["size"]: row["ms_per_step"] for row in steps if row["command"] == newest["command"]
-            and row["date"] == newest["date"] and row["commit"] == newest["commit"]}  # fmt: skip
+    same_run = [row for row in steps if newest and (row["command"], row["date"], row["commit"]) == (
+        newest["command"], newest["date"], newest["commit"])]  # fmt: skip
+    return {row["size"]: row["ms_per_step"] for row in same_run}
 
 
 def recipe_cost(model: str, variant: "str | None", costs: dict) -> "float | None":
     """Seconds-per-image units of a recipe: the sum over its epochs of each epoch's step cost."""
-    sys.path.insert(0, str(ROOT))
     from cifarcli.errors import CifarError
     from cifarcli.models import get_model_entry
     from cifarcli.recipes import parse_recipe_settings
@@ -145,107 +149,113 @@ def recipe_cost(model: str, variant: "str | None", costs: dict) -> "float | None
         recipe = get_model_entry(model).recipe.override(**parse_recipe_settings((variant or "").split()))
     except CifarError:
         return None  # a variant described in words, not as --set fields
-    full = max(costs)
-    total, done = 0.0, 0.0
-    for size, epochs in recipe.crops:
-        if size not in costs:
-            return None
-        total, done = total + epochs * costs[min(size, full)], done + epochs
-    return total + max(0.0, recipe.epochs - done) * costs[full]
+    if not costs or any(size not in costs for size, _ in recipe.crops):
+        return None
+    done = sum(epochs for _, epochs in recipe.crops)
+    crops = sum(epochs * costs[size] for size, epochs in recipe.crops)
+    return crops + max(0.0, recipe.epochs - done) * costs[max(costs)]
 
 
 def candidates_table() -> list[str]:
     runs = [row for row in load("training") if row.get("kind") == "run" and row.get("variant")]
-    header = ["model", "variant", "machine", "runs", "cost ÷ the recipe's own", "test acc", "with TTA"]
-    rows = []
-    for (model, variant, kind, precision), group in by(runs, "model", "variant", "kind", "precision").items():
+
+    def relative_cost(key):
+        model, variant, kind, precision = key
         costs = step_costs(kind, model, precision)
-        cost, own = (recipe_cost(model, variant, costs), recipe_cost(model, None, costs)) if costs else (None, None)
-        rows.append([
-            f"`{model}`", variant, f"{kind} ({precision})", len(group),
-            f"{cost / own:.2f}" if cost and own else "—",
-            mean_sd([run.get("test_acc") for run in group]), mean_sd([run.get("test_acc_tta") for run in group]),
-        ])  # fmt: skip
-    return table(header, rows)
+        cost, own = recipe_cost(model, variant, costs), recipe_cost(model, None, costs)
+        return f"{cost / own:.2f}" if cost and own else "—"
+
+    return table(list(by(runs, "model", "variant", "kind", "precision").items()), [
+        ("model", lambda item: f"`{item[0][0]}`"), ("variant", lambda item: item[0][1]),
+        ("machine", lambda item: f"{item[0][2]} ({item[0][3]})"), ("runs", lambda item: len(item[1])),
+        ("cost ÷ the recipe's own", lambda item: relative_cost(item[0])),
+        ("test acc", lambda item: mean_sd(of(item[1], "test_acc"))),
+        ("with TTA", lambda item: mean_sd(of(item[1], "test_acc_tta"))),
+    ])  # fmt: skip
 
 
 def step_cost_table() -> list[str]:
     steps = [row for row in load("training") if row.get("kind") == "step"]
-    rows = []
+    items = []
     for (kind, model, precision), group in by(steps, "kind", "model", "precision").items():
         costs = step_costs(kind, model, precision)
-        full = costs[max(costs)]
-        cells = [f"{size} px: {ms:,.0f} ms ({ms / full:.2f})" for size, ms in sorted(costs.items())]
-        newest = latest([row for row in group if row["size"] == max(costs)])
-        achieved = "—"
-        if newest.get("matmul_gflops_per_s"):
-            achieved = f"{newest['step_gflops_per_s']:,} of {newest['matmul_gflops_per_s']:,}"
-        rows.append([f"`{model}`", f"{kind} ({precision})", newest["batch_size"], "; ".join(cells), achieved])
-    header = ["model", "machine", "batch", "ms per step by crop size (÷ whole images)",
-              "GFLOP/s: whole-image step of a large matrix product"]  # fmt: skip
-    return table(header, rows)
+        items.append((model, kind, precision, costs, latest([row for row in group if row["size"] == max(costs)])))
+
+    def by_size(costs):
+        return "; ".join(
+            f"{size} px: {ms:,.0f} ms ({ms / costs[max(costs)]:.2f})" for size, ms in sorted(costs.items())
+        )
+
+    def achieved(row):
+        return (
+            f"{row['step_gflops_per_s']:,} of {row['matmul_gflops_per_s']:,}" if row.get("matmul_gflops_per_s") else "—"
+        )
+
+    return table(items, [
+        ("model", lambda item: f"`{item[0]}`"), ("machine", lambda item: f"{item[1]} ({item[2]})"),
+        ("batch", lambda item: item[4]["batch_size"]),
+        ("ms per step by crop size (÷ whole images)", lambda item: by_size(item[3])),
+        ("GFLOP/s: whole-image step of a large matrix product", lambda item: achieved(item[4])),
+    ])  # fmt: skip
+
+
+# ---------------------------------------------------------------- inference
 
 
 def scaling_table() -> list[str]:
     """Per machine kind, the newest scaling run: threads against Dask worker processes."""
     scaling = [row for row in load("predict") if row.get("kind") == "scaling"]
-    rows = []
-    for (kind,), group in sorted(by(scaling, "kind").items()):
-        newest = latest(group)
-        same_run = [row for row in group if row["commit"] == newest["commit"] and row["date"] == newest["date"]]
+    items = []
+    for newest in newest_each(scaling, "kind"):
+        same_run = [row for row in scaling if (row["commit"], row["date"]) == (newest["commit"], newest["date"])]
         threads = {row["workers"]: row["images_per_s"] for row in same_run if row["mode"] == "threads"}
-        for row in same_run:
-            versus = row["images_per_s"] / threads[row["workers"]] if row["workers"] in threads else None
-            rates = [
-                number(row["images_per_s"]),
-                number(row["images_per_s_per_core"]),
-                f"{versus:.2f}" if versus else "—",
-            ]
-            same = "yes" if row.get("same_rows_as_threads") else "no"
-            rows.append([kind, row["date"], row["mode"], row["workers"], f"{row['files']:,}", *rates, same])
-    header = ["machine", "date", "how", "workers", "files", "images/s", "per core", "÷ threads", "same rows"]
-    return table(header, rows)
+        items += [(row, row["images_per_s"] / threads[row["workers"]] if row["workers"] in threads else None)
+                  for row in same_run]  # fmt: skip
+    return table(items, [
+        ("machine", lambda item: machine_kind(item[0]["machine"])), ("date", lambda item: item[0]["date"]),
+        ("how", lambda item: item[0]["mode"]), ("workers", lambda item: item[0]["workers"]),
+        ("files", lambda item: f"{item[0]['files']:,}"), ("images/s", lambda item: number(item[0]["images_per_s"])),
+        ("per core", lambda item: number(item[0]["images_per_s_per_core"])),
+        ("÷ threads", lambda item: f"{item[1]:.2f}" if item[1] else "—"),
+        ("same rows", lambda item: "yes" if item[0].get("same_rows_as_threads") else "no"),
+    ])  # fmt: skip
 
 
-def pair(row: dict, key: str, shown) -> str:
-    """An fp32 figure and its INT8 counterpart, "fp32 / int8"."""
-    return f"{shown(row.get(f'fp32_{key}'))} / {shown(row.get(f'int8_{key}'))}"
+def pair(key: str, shown):
+    """A column of an fp32 figure and its INT8 counterpart, "fp32 / int8"."""
+    return lambda row: f"{shown(row.get(f'fp32_{key}'))} / {shown(row.get(f'int8_{key}'))}"
 
 
 def export_table() -> list[str]:
     """Per machine kind, its newest export of a checkpoint to fp32 and INT8."""
-    exports = [row for row in load("export") if row.get("kind") == "export"]
-    header = ["machine", "checkpoint", "date", "MB fp32 / INT8", "test acc fp32 / INT8", "with TTA fp32 / INT8",
-              "ONNX Runtime images/s fp32 / INT8"]  # fmt: skip
-    rows = []
-    for (kind,), group in sorted(by(exports, "kind").items()):
-        row = latest(group)
-        rows.append([
-            kind, f"`{row['checkpoint']}`", row["date"], pair(row, "mb", lambda value: number(value, 2)),
-            pair(row, "test_acc", percent), pair(row, "test_acc_tta", percent),
-            pair(row, "ort_images_per_s", number) + f" ({row['int8_speedup']:.2f}x)",
-        ])  # fmt: skip
-    return table(header, rows)
+    rate = pair("ort_images_per_s", number)
+    return table(newest_each([row for row in load("export") if row.get("kind") == "export"], "kind"), [
+        ("machine", lambda row: machine_kind(row["machine"])), ("checkpoint", lambda row: f"`{row['checkpoint']}`"),
+        ("date", lambda row: row["date"]), ("MB fp32 / INT8", pair("mb", lambda value: number(value, 2))),
+        ("test acc fp32 / INT8", pair("test_acc", percent)), ("with TTA fp32 / INT8", pair("test_acc_tta", percent)),
+        ("ONNX Runtime images/s fp32 / INT8", lambda row: f"{rate(row)} ({row['int8_speedup']:.2f}x)"),
+    ])  # fmt: skip
 
 
 def predict_table() -> list[str]:
-    """Per machine kind and model file, the newest whole-command figures."""
-    speeds = [row for row in load("predict") if row.get("kind") == "speed"]
+    """Per machine kind and model file, the newest whole-command figures and ratios to Ultralytics."""
     versus = load("versus_ultralytics")
-    header = ["machine", "file", "date", "images/s, 10,000 JPEGs", "100,000 files", "peak RSS MB 10k / 100k",
-              "ratio to Ultralytics: CIFAR / photos (date)"]  # fmt: skip
-    rows = []
-    for (kind, file), group in sorted(by(speeds, "kind", "model").items()):
-        row = latest(group)
-        ours = [other for other in versus if machine_kind(other["machine"]) == kind and other["model"] == file]
+
+    def ratios(row):
+        ours = [other for other in versus if machine_kind(other["machine"]) == machine_kind(row["machine"])
+                and other["model"] == row["model"]]  # fmt: skip
         cifar = latest([other for other in ours if "CIFAR" in other["corpus"]])
         photos = latest([other for other in ours if "photos" in other["corpus"]])
-        ratio = " / ".join(f"{other['ratio']:.1f}x" if other else "—" for other in (cifar, photos))
-        rows.append([
-            kind, f"`{file}`", row["date"], number(row["images_per_s_10k"]), number(row.get("images_per_s_100k")),
-            f"{row['peak_rss_mb_10k']} / {row['peak_rss_mb_100k']}", ratio + (f" ({cifar['date']})" if cifar else ""),
-        ])  # fmt: skip
-    return table(header, rows)
+        shown = " / ".join(f"{other['ratio']:.1f}x" if other else "—" for other in (cifar, photos))
+        return shown + (f" ({cifar['date']})" if cifar else "")
+
+    return table(newest_each([row for row in load("predict") if row.get("kind") == "speed"], "kind", "model"), [
+        ("machine", lambda row: machine_kind(row["machine"])), ("file", lambda row: f"`{row['model']}`"),
+        ("date", lambda row: row["date"]), ("images/s, 10,000 JPEGs", lambda row: number(row["images_per_s_10k"])),
+        ("100,000 files", lambda row: number(row.get("images_per_s_100k"))),
+        ("peak RSS MB 10k / 100k", lambda row: f"{row['peak_rss_mb_10k']} / {row['peak_rss_mb_100k']}"),
+        ("ratio to Ultralytics: CIFAR / photos (date)", ratios),
+    ])  # fmt: skip
 
 
 def fastest_ultralytics(row: dict) -> float:
@@ -260,21 +270,17 @@ def stages_table() -> list[str]:
     """Per machine kind and corpus, the newest comparison's stages: decoding alone and the model
     alone on every core, against the whole command and Ultralytics' fastest setup."""
     versus = [row for row in load("versus_ultralytics") if row.get("ort_images_per_s")]
-    groups = defaultdict(list)
     for row in versus:
-        groups[machine_kind(row["machine"]), "CIFAR JPEGs" if "CIFAR" in row["corpus"] else "photos"].append(row)
-    rows = []
-    for (kind, corpus), group in sorted(groups.items()):
-        row = latest(group)
-        theirs = fastest_ultralytics(row)
-        rows.append([
-            kind, corpus, row["date"], number(row["cifar_images_per_s"]), number(row["decode_images_per_s"]),
-            number(row["ort_images_per_s"]), number(theirs), f"{row['ratio']:.1f}x",
-            f"{row['ort_images_per_s'] / theirs:.1f}x",
-        ])  # fmt: skip
-    header = ["machine", "files", "date", "cifar predict images/s", "decoding alone", "model alone",
-              "Ultralytics' fastest", "ratio", "ratio at the model's own rate"]  # fmt: skip
-    return table(header, rows)
+        row["files_kind"] = "CIFAR JPEGs" if "CIFAR" in row["corpus"] else "photos"
+    return table(newest_each(versus, "kind", "files_kind"), [
+        ("machine", lambda row: machine_kind(row["machine"])), ("files", lambda row: row["files_kind"]),
+        ("date", lambda row: row["date"]), ("cifar predict images/s", lambda row: number(row["cifar_images_per_s"])),
+        ("decoding alone", lambda row: number(row["decode_images_per_s"])),
+        ("model alone", lambda row: number(row["ort_images_per_s"])),
+        ("Ultralytics' fastest", lambda row: number(fastest_ultralytics(row))),
+        ("ratio", lambda row: f"{row['ratio']:.1f}x"),
+        ("ratio at the model's own rate", lambda row: f"{row['ort_images_per_s'] / fastest_ultralytics(row):.1f}x"),
+    ])  # fmt: skip
 
 
 def portability_table() -> list[str]:
@@ -283,150 +289,79 @@ def portability_table() -> list[str]:
         return []
     newest = latest(rows)["date"]
     rows = [row for row in rows if row["date"] == newest]
-    runtimes = list(dict.fromkeys(row["runtime"] for row in rows))
+    runtimes = {row["runtime"]: row.get("runtime_version") for row in rows}
     cells = defaultdict(dict)
     for row in rows:
-        agreement = f"loads, agrees {row['agreement']:.1%}" if row["loads"] else "does not load"
-        cells[row["file"]][row["runtime"]] = agreement
-    versions = {row["runtime"]: row.get("runtime_version") for row in rows}
-    header = ["file"] + [f"{runtime} ({versions[runtime]})" for runtime in runtimes]
-    body = [[f"`{file}`"] + [cells[file].get(runtime, "—") for runtime in runtimes] for file in cells]
+        cells[row["file"]][row["runtime"]] = (
+            f"loads, agrees {row['agreement']:.1%}" if row["loads"] else "does not load"
+        )
+    columns = [("file", lambda file: f"`{file}`")] + [
+        (f"{runtime} ({version})", lambda file, runtime=runtime: cells[file].get(runtime, "—"))
+        for runtime, version in runtimes.items()
+    ]
     note = f"{machine_kind(rows[0]['machine'])}, {newest}; agreement: top-1 against the installed ONNX Runtime"
-    return [*table(header, body), "", f"{note} on {rows[0].get('images_compared', 1000):,} test images."]
+    return [*table(list(cells), columns), "", f"{note} on {rows[0].get('images_compared', 1000):,} test images."]
 
 
 def startup_table() -> list[str]:
     installs = [row for row in load("install") if row.get("kind") == "inference_install"]
-    rows = []
-    for (kind,), group in by(installs, "kind").items():
-        row = latest(group)
-        rows.append([kind, row["date"], number(row.get("megabytes")), "no" if not row.get("torch_installed") else "yes",
-                     number(row.get("help_s"), 2), number(row.get("predict_one_image_s"), 2)])  # fmt: skip
-    return table(["machine", "date", "inference-only install MB", "torch in it", "`cifar --help` s",
-                  "`cifar predict` one image s"], rows)  # fmt: skip
+    return table([latest(group) for group in by(installs, "kind").values()], [
+        ("machine", lambda row: machine_kind(row["machine"])), ("date", lambda row: row["date"]),
+        ("inference-only install MB", lambda row: number(row.get("megabytes"))),
+        ("torch in it", lambda row: "yes" if row.get("torch_installed") else "no"),
+        ("`cifar --help` s", lambda row: number(row.get("help_s"), 2)),
+        ("`cifar predict` one image s", lambda row: number(row.get("predict_one_image_s"), 2)),
+    ])  # fmt: skip
 
 
 def machines_table() -> list[str]:
     everything = [row for path in sorted(RESULTS.glob("*.jsonl")) for row in load(path.stem)]
-    rows = []
-    for (kind,), group in sorted(by(everything, "kind").items()):
-        machine = group[0]["machine"]
-        dates = sorted({row["date"] for row in group})
-        described = machine.get("gpu") or f"{machine['cpu']}, {machine['cores']} cores, {', '.join(machine['isa'])}"
-        rows.append([kind, described, len(group), f"{dates[0]} to {dates[-1]}" if len(dates) > 1 else dates[0]])
-    return table(["machine kind", "as reported", "result rows", "dates"], rows)
+
+    def described(machine):
+        return machine.get("gpu") or f"{machine['cpu']}, {machine['cores']} cores, {', '.join(machine['isa'])}"
+
+    def dates(group):
+        days = sorted({row["date"] for row in group})
+        return f"{days[0]} to {days[-1]}" if len(days) > 1 else days[0]
+
+    return table(sorted(by(everything, "kind").items()), [
+        ("machine kind", lambda item: item[0][0]), ("as reported", lambda item: described(item[1][0]["machine"])),
+        ("result rows", lambda item: len(item[1])), ("dates", lambda item: dates(item[1])),
+    ])  # fmt: skip
 
 
-REPRODUCE = [
-    ("Training", "python benchmarks/training.py --model MODEL --seeds 0 1 2 [--precision P]"),
-    ("Against airbench94", "python benchmarks/versus_airbench.py --reference PATH/airbench_reference.py --seed S"),
-    ("Recipe candidates", "python benchmarks/training.py --seeds 0 1 --set FIELD=VALUE ...; "
-                          "step costs: python benchmarks/training.py --step-cost"),
-    ("Inference", "python benchmarks/export.py; python benchmarks/predict.py; "
-                  "python benchmarks/versus_ultralytics.py --yolo ULTRALYTICS_VENV/bin/yolo"),
-    ("Where the files load", "python benchmarks/portability.py"),
-    ("Install and start", "python benchmarks/install.py"),
-]  # fmt: skip
+TABLES = {
+    "machines": machines_table, "training": training_table, "candidates": candidates_table,
+    "step_costs": step_cost_table, "export": export_table, "predict": predict_table, "scaling": scaling_table,
+    "stages": stages_table, "portability": portability_table, "startup": startup_table,
+}  # fmt: skip
 
 
 def benchmarks_page() -> str:
-    sections = [
-        "# Benchmarks",
-        "",
-        "Generated by `python benchmarks/report.py` from the rows in `benchmarks/results/` (one JSON object "
-        "per result: date, commit, machine, command, figures); edit the rows' scripts, not this page. Each "
-        "table shows the latest figures of each machine kind; the rows keep every earlier one. Accuracies are "
-        "the final weights' on the test split (CIFAR-10 as JPEGs), scored in fp32; ± is one standard "
-        "deviation over the runs. Compare times only within a machine kind and as ratios measured back to "
-        "back: these hosts' speed drifts by up to 2x within an hour.",
-        "",
-        "## Machines",
-        "",
-        *machines_table(),
-        "",
-        "## Training",
-        "",
-        "`cifar train` with each model's own recipe: the runs of its newest code. Training s is the epochs' "
-        "training loops; wall s the whole command (the decode cache warm); train s ÷ airbench94 is the ratio to "
-        "airbench94's own training time measured back to back, before and after (`versus_airbench.py`).",
-        "",
-        *training_table(),
-        "",
-        "## Recipe candidates",
-        "",
-        "Recipes tried with `--set` (and earlier variants described in words). The cost is the sum over the "
-        "epochs of each epoch's step cost at its crop size (the step costs below, same machine kind), over the "
-        "model's own recipe's.",
-        "",
-        *candidates_table(),
-        "",
-        *step_cost_table(),
-        "",
-        "## Export",
-        "",
-        "`cifar export --int8` of a checkpoint (`tools/default_model/model.pt` is the bundled models' source): "
-        "sizes, test accuracy plain and with TTA, and ONNX Runtime alone at batch 256 on every core.",
-        "",
-        *export_table(),
-        "",
-        "## Predict",
-        "",
-        "Whole `cifar predict` commands, start included, with the bundled model `cifar predict` picks (or the one "
-        "named): the 10,000 CIFAR test JPEGs, the same linked ten times, peak RSS; against Ultralytics' "
-        "`yolo classify predict` on the CIFAR JPEGs and on photo-sized JPEGs, back to back.",
-        "",
-        *predict_table(),
-        "",
-        "How the whole command scales with workers on one machine: N threads of one process, against a Dask "
-        "cluster of N single-thread worker processes (a real scheduler and workers; the client and scheduler "
-        "share the cores), on the test JPEGs linked ten times (`predict.py --scaling`).",
-        "",
-        *scaling_table(),
-        "",
-        "Where the time goes: cifar predict's decoder alone and its model alone (ONNX Runtime on decoded "
-        "images), each on every core, from the same comparison runs. The whole command cannot outrun the "
-        "model alone, so the last column bounds the ratio to Ultralytics even with decoding free.",
-        "",
-        *stages_table(),
-        "",
-        "## Where the files load",
-        "",
-        *portability_table(),
-        "",
-        "## Install and start",
-        "",
-        *startup_table(),
-        "",
-        "## Reproduce",
-        "",
-        *table(["table", "command"], [[name, f"`{command}`"] for name, command in REPRODUCE]),
-        "",
-        "Then `python benchmarks/report.py` to rewrite this page; docs/design.md says more.",
-    ]
-    return "\n".join(sections) + "\n"
+    template = (ROOT / "benchmarks" / "page.md").read_text()
+    return re.sub(r"\{\{(\w+)\}\}", lambda match: "\n".join(TABLES[match.group(1)]()), template)
 
 
 def readme_performance() -> str:
     """A few headline figures for README.md, each from the machine kind measured most recently."""
-    lines = []
-    groups = training_groups()
+    items, groups = [], training_groups()
     for model in ("airbench-cpu", "tutorial"):
         runs = max((runs for key, runs in groups.items() if key[0] == model), key=lambda runs: latest(runs)["date"])
-        kind, precision = machine_kind(runs[0]["machine"]), runs[0]["precision"]
-        ratios = [run["ratio"] for run in runs if run.get("ratio") is not None]
+        ratios = [ratio for ratio in of(runs, "ratio") if ratio is not None]
         ratio = f"; {statistics.mean(ratios):.2f}x airbench94's training time" if ratios else ""
-        train = mean_sd([run.get("train_s") for run in runs], as_percent=False)
-        accuracy = mean_sd([run.get("test_acc_tta") for run in runs])
         count = f"{len(runs)} run" + ("s" if len(runs) > 1 else "")
-        figure = f"{accuracy} with TTA ({count}); {train} s of training in {precision}{ratio}"
-        lines.append([f"`cifar train --model {model}`", kind, figure])
+        figure = f"{mean_sd(of(runs, 'test_acc_tta'))} with TTA ({count}); "
+        figure += f"{mean_sd(of(runs, 'train_s'), number)} s of training in {runs[0]['precision']}{ratio}"
+        items.append((f"`cifar train --model {model}`", runs[0]["machine"], figure))
     speed = latest([row for row in load("predict") if row.get("kind") == "speed"])
     figure = f"{speed['images_per_s_10k']:,} images/s with `{speed['model']}`, peak RSS {speed['peak_rss_mb_10k']} MB"
-    lines.append(["`cifar predict`, 10,000 CIFAR JPEGs", machine_kind(speed["machine"]), figure])
+    items.append(("`cifar predict`, 10,000 CIFAR JPEGs", speed["machine"], figure))
     install = latest([row for row in load("install") if row.get("kind") == "inference_install"])
-    lines.append(["inference-only install", machine_kind(install["machine"]), f"{install['megabytes']} MB, no torch"])
+    items.append(("inference-only install", install["machine"], f"{install['megabytes']} MB, no torch"))
+    columns = [("what", lambda item: item[0]), ("machine", lambda item: machine_kind(item[1])),
+               ("figure", lambda item: item[2])]  # fmt: skip
     note = "\n\nEvery figure, the machines, and how to reproduce them: [BENCHMARKS.md](BENCHMARKS.md).\n"
-    return "\n".join(table(["what", "machine", "figure"], lines)) + note
+    return "\n".join(table(items, columns)) + note
 
 
 def with_readme_performance(readme: str) -> str:
