@@ -154,9 +154,19 @@ class OnnxClassifier(Classifier):
         self.source = source or str(model)
         self.info, self.session = open_onnx_model(model, threads, self.source)
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: to_model_input(images)})[0]
+        return self.session.run(self.output_names[:1], {self.input_name: to_model_input(images)})[0]
+
+    def predict_logits_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the embeddings of the model's FEATURES output (exports of cifar export have it)."""
+        from cifarcli.onnx_model import FEATURES
+
+        if FEATURES not in self.output_names:
+            raise CifarError(f"{self.source}: has no '{FEATURES}' output (an older export); export it again")
+        logits, features = self.session.run([self.output_names[0], FEATURES], {self.input_name: to_model_input(images)})
+        return logits, features
 
 
 def load_classifier(path: "str | Path", device: str = "cpu", threads: int = 0) -> Classifier:

@@ -306,5 +306,38 @@ def engine_rows(run, batch_size: int, workers: int, cluster: "str | None"):
     return predict_files(run.classifier, *work, workers, run.min_confidence, run.file_system)
 
 
+# ---------------------------------------------------------------- cifar check
+
+
+@app.command("check")
+def check_command(
+    data: opt.CheckData,
+    model: opt.CheckModel = None,
+    split: opt.CheckSplit = None,
+    out: opt.CheckOut = None,
+    as_json: opt.Json = False,
+):
+    """Find broken files, structure problems, duplicates and leaks between splits, and likely wrong labels."""
+    from cifarcli import report
+    from cifarcli.check import run_check
+    from cifarcli.check_outputs import FINDINGS_FILE, write_check_outputs
+    from cifarcli.checkpoint import check_can_write
+    from cifarcli.hardware import cores
+    from cifarcli.report_check import show_check
+
+    with user_errors(), stops_said("the data is unchanged; nothing is left half-written"):
+        if out:
+            check_can_write(out / FINDINGS_FILE)
+        with report.progress_callback() as on_progress:
+            result = run_check(data, model, opt.chosen(split) or "all", cores(), on_progress)
+        written = write_check_outputs(result, out) if out else []
+    for message in result.notes:
+        report.note(message)
+    if as_json:
+        report.print_json(result.to_dict())
+    else:
+        show_check(result, written)
+
+
 def main():
     exits.run_app(app, prog_name="cifar")

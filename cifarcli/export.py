@@ -93,6 +93,26 @@ def batchnorm_before_pool(model):
     return model
 
 
+def with_features(model):
+    """The model answering (logits, features), features being the input of its last linear
+    layer: the image embeddings that `cifar check` compares."""
+    from torch import nn
+
+    layers = list(model.children())
+    head = max(index for index, layer in enumerate(layers) if any(isinstance(m, nn.Linear) for m in layer.modules()))
+
+    class WithFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Sequential(*layers[:head]), nn.Sequential(*layers[head:])
+
+        def forward(self, x):
+            features = self.body(x)
+            return self.head(features), features
+
+    return WithFeatures().eval()
+
+
 def build_onnx(model, input_size: int, opset: int):
     """The model as an ONNX ModelProto, in memory."""
     import onnx
@@ -102,12 +122,12 @@ def build_onnx(model, input_size: int, opset: int):
     try:
         with stops.surfacing():
             program = torch.onnx.export(
-                batchnorm_before_pool(model),
+                with_features(batchnorm_before_pool(model)),
                 (example,),
                 dynamo=True,
                 opset_version=opset,
                 input_names=["images"],
-                output_names=["logits"],
+                output_names=["logits", "features"],
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 verbose=False,
             )
@@ -116,7 +136,10 @@ def build_onnx(model, input_size: int, opset: int):
     proto = program.model_proto
     # The exporter stamps its own (newest) IR version; older runtimes refuse what they do not know.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
-    proto.doc_string = "cifarcli image classifier: input 'images' float32 NCHW RGB in [0,1]; output 'logits'"
+    proto.doc_string = (
+        "cifarcli image classifier: input 'images' float32 NCHW RGB in [0,1]; outputs 'logits' and 'features' "
+        "(the input of the last linear layer)"
+    )
     return proto
 
 

@@ -22,6 +22,7 @@ DEFAULT_OPSET = 20
 OLDEST_OPSET = 18  # the oldest torch's exporter writes
 INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = "float32 RGB in [0, 1]"
+FEATURES = "features"  # the optional second output: the input of the last linear layer, per image
 
 
 def metadata_for(info: ModelInfo, export_date: str, quantization: "str | None" = None) -> dict[str, str]:
@@ -122,11 +123,14 @@ def open_onnx_model(model: "str | Path | bytes", threads: int = 0, source: "str 
 
 def check_graph_matches_card(runtime, info: ModelInfo, source: str) -> None:
     """Refuse a graph that cannot take what its model card promises: one float32 input of any
-    batch, INPUT_LAYOUT at the card's input size, and one output of one logit per class."""
+    batch, INPUT_LAYOUT at the card's input size, and a first output of one logit per class (a
+    second, FEATURES, gives the embeddings)."""
     inputs, outputs = runtime.get_inputs(), runtime.get_outputs()
     problem = None
-    if len(inputs) != 1 or len(outputs) != 1:
-        problem = f"has {len(inputs)} inputs and {len(outputs)} outputs, not one of each"
+    if len(inputs) != 1 or not 1 <= len(outputs) <= 2 or (len(outputs) == 2 and outputs[1].name != FEATURES):
+        problem = (
+            f"has {len(inputs)} inputs and outputs {[output.name for output in outputs]}, not one input and logits"
+        )
     else:
         images, logits = inputs[0], outputs[0]
         expected, classes = [3, info.input_size, info.input_size], len(info.classes)

@@ -17,6 +17,7 @@ import typer
 
 from cifarcli.batches import PREDICT_BATCH
 from cifarcli.bundled import MODELS as BUNDLED_MODELS
+from cifarcli.check import CHECK_SPLITS
 from cifarcli.classifier import EVAL_BATCH
 from cifarcli.data import SPLITS
 from cifarcli.int8 import CALIBRATION_IMAGES, INT8_MAX_LOSS
@@ -43,6 +44,7 @@ DeviceChoice = choices("DeviceChoice", DEVICES)
 SplitChoice = choices("SplitChoice", SPLITS)
 TrackerChoice = choices("TrackerChoice", TRACKERS)
 BundledChoice = choices("BundledChoice", BUNDLED_MODELS)
+CheckSplitChoice = choices("CheckSplitChoice", CHECK_SPLITS)
 
 
 def complete_model_name(incomplete: str) -> list[str]:
@@ -232,4 +234,30 @@ StorageOptions = Annotated[
 ]
 Shard = Annotated[
     str | None, typer.Option(help="Only the I-th of N parts of the files found, I/N (0-based), for job arrays.")
+]
+
+# ---------------------------------------------------------------- cifar check
+
+CheckData = Annotated[
+    str,
+    typer.Argument(
+        help="An image folder (ROOT/train/<class>, ROOT/test/<class>, or ROOT/<class>) or a .tar.gz/.zip of one."
+    ),
+]
+CheckModel = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="An .onnx model (any `cifar export`) whose features and probabilities the check uses; for label "
+        "issues, trained on the training split. Default: the bundled CIFAR-10 model.",
+    ),
+]
+CheckSplit = Annotated[CheckSplitChoice | None, typer.Option(help="The split to check. Default: all.")]
+CheckOut = Annotated[
+    Path | None, typer.Option(help="Write findings.csv and a picture per kind (duplicates, label issues) here.")
+]
+Exclude = Annotated[
+    Path | None,
+    typer.Option(help="Train without the files this list names: a findings.csv of `cifar check`, or one path a line."),
 ]

@@ -56,13 +56,13 @@ def fixed_batch(model):
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
 
 
-def second_output(model):
+def third_output(model):
     import onnx
 
     logits = model.graph.output[0]
     model.graph.node.append(onnx.helper.make_node("Identity", [logits.name], ["copy"]))
     model.graph.output.append(logits)
-    model.graph.output[1].name = "copy"
+    model.graph.output[2].name = "copy"
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,11 @@ def second_output(model):
         (lambda card: card.update(input_size=64), None, "where its card says float32 N x 3 x 64 x 64"),
         (lambda card: card.update(classes=["a", "b", "c", "d"]), None, "where its card has 4 classes"),
         (None, fixed_batch, "a fixed batch of 1 images"),
-        (lambda card: card.update(classes=["a", "b", "c", "d"]), second_output, "not one of each"),
+        (
+            lambda card: card.update(classes=["a", "b", "c", "d"]),
+            third_output,
+            "not one input and logits (and features)",
+        ),
     ],
 )
 def test_a_model_whose_card_does_not_match_its_graph_is_refused_in_one_line(

@@ -1,0 +1,187 @@
+"""`cifar check`: a data set's problems, kind by kind (findings.py): broken files, a structure
+that training would silently get wrong, duplicates and leaks between splits, and likely wrong
+labels. The check only reads the data.
+
+    take_inventory -> inspect each file (file_checks) -> structure -> the model's logits and
+    features of every decodable image -> duplicates -> label issues of the test split
+
+The model is an ONNX file with a features output (every `cifar export`; the bundled model by
+default). Label issues need probabilities from a model that never trained on the images: the
+test split's, with a model trained on the training split and classes of the same names.
+"""
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cifarcli.classifier import EVAL_BATCH, softmax
+from cifarcli.duplicates import find_duplicates
+from cifarcli.errors import CifarError
+from cifarcli.file_checks import inspect_file
+from cifarcli.findings import KINDS, Finding, ordered
+from cifarcli.inventory import Entry, Inventory, take_inventory
+from cifarcli.label_issues import label_issues
+
+CHECK_SPLITS = ("all", "train", "test")
+IMBALANCE_RATIO = 10  # largest class over smallest in a split above which the split is flagged
+NO_PROGRESS = lambda *_: None  # noqa: E731
+
+
+@dataclass
+class CheckReport:
+    source: str
+    model: str
+    split: str
+    files: int
+    class_counts: dict[str, dict[str, int]]  # split -> class -> decodable images
+    findings: list[Finding]
+    notes: list[str]
+    seconds: float
+    pixels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # path -> decoded, for pictures
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """kind -> problem -> findings, every kind present."""
+        counts = {kind: {} for kind in KINDS}
+        for finding in self.findings:
+            counts[finding.kind][finding.problem] = counts[finding.kind].get(finding.problem, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "model": self.model, "split": self.split, "files": self.files,
+            "seconds": round(self.seconds, 2), "class_counts": self.class_counts, "counts": self.counts(),
+            "notes": self.notes, "findings": [finding.to_dict() for finding in ordered(self.findings)],
+        }  # fmt: skip
+
+
+def open_check_model(model: "str | Path | None", threads: int):
+    """The ONNX model whose logits and features the check uses: the bundled one by default."""
+    from cifarcli.bundled import bundled_or_path, choose_bundled_model
+    from cifarcli.classifier import OnnxClassifier
+
+    path = bundled_or_path(model) if model else choose_bundled_model(None)[0]
+    if path.suffix.lower() != ".onnx":
+        raise CifarError(f"--model {path}: check runs an .onnx model; export the checkpoint with `cifar export {path}`")
+    if not path.is_file():
+        raise CifarError(f"--model {path}: no such model file")
+    return OnnxClassifier(path, threads)
+
+
+def chosen_entries(inventory: Inventory, split: str) -> list[Entry]:
+    if split not in CHECK_SPLITS:
+        raise CifarError(f"--split {split}: choose {', '.join(CHECK_SPLITS)}")
+    has_splits = any(entry.split for entry in inventory.entries)
+    if split != "all" and not has_splits:
+        raise CifarError(f"--split {split}: {inventory.source} has no train/ and test/ folders; use --split all")
+    return [entry for entry in inventory.entries if split == "all" or entry.split == split]
+
+
+def inspect_files(inventory: Inventory, entries: list[Entry], size: int, threads: int, on_progress) -> list[tuple]:
+    """(pixels or None, findings, the bytes' digest) per entry, on `threads` threads."""
+
+    def inspect(entry: Entry):
+        try:
+            data = inventory.read(entry.path)
+        except OSError as error:
+            return None, [Finding("files", "unreadable", entry.path, detail=str(error))], b""
+        pixels, found = inspect_file(entry.path, data, size)
+        return pixels, found, hashlib.blake2b(data, digest_size=16).digest()
+
+    results = []
+    with ThreadPoolExecutor(threads) as pool:
+        for done, result in enumerate(pool.map(inspect, entries, chunksize=64), 1):
+            results.append(result)
+            if done % 500 == 0 or done == len(entries):
+                on_progress("checking files", done, len(entries))
+    return results
+
+
+def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]]) -> list[Finding]:
+    """Classes one split lacks, empty classes, class-name near-clashes, imbalance, hidden and stray files."""
+    found = []
+    if {"train", "test"} <= set(counts):
+        train, test = set(counts["train"]), set(counts["test"])
+        for label in sorted(train - test):
+            found.append(Finding("structure", "class absent from test", f"test/{label}", 0.8,
+                                 detail="no test images: its accuracy cannot be measured"))  # fmt: skip
+        for label in sorted(test - train):
+            detail = "training never sees it; classes are matched by name, never by order"
+            found.append(Finding("structure", "class absent from train", f"train/{label}", 1.0, detail=detail))
+    for split, label in inventory.empty_classes:
+        found.append(
+            Finding("structure", "empty class", f"{split}/{label}".lstrip("/"), 0.9, detail="a folder without files")
+        )
+    names = sorted({label for by_class in counts.values() for label in by_class})
+    folded = {}
+    for name in names:
+        folded.setdefault(name.strip().lower().replace("_", " ").replace("-", " "), []).append(name)
+    for clash in (group for group in folded.values() if len(group) > 1):
+        found.append(Finding("structure", "class names that differ only in spelling", clash[0], 0.9,
+                             detail=" / ".join(clash)))  # fmt: skip
+    for split, by_class in counts.items():
+        if len(by_class) > 1 and max(by_class.values()) > IMBALANCE_RATIO * max(min(by_class.values()), 1):
+            rarest, largest = min(by_class, key=by_class.get), max(by_class, key=by_class.get)
+            detail = f"{largest} {by_class[largest]:,} images, {rarest} {by_class[rarest]:,}"
+            found.append(Finding("structure", "imbalanced classes", split or ".", 0.7, detail=detail))
+    found += [Finding("structure", "hidden file", path, 0.3, detail="training skips it") for path in inventory.hidden]
+    found += [Finding("structure", "file outside a class folder", path, 0.3, detail="training skips it")
+              for path in inventory.stray]  # fmt: skip
+    return found
+
+
+def model_outputs(classifier, images: np.ndarray, on_progress) -> tuple[np.ndarray, np.ndarray]:
+    logits, features = [], []
+    for start in range(0, len(images), EVAL_BATCH):
+        batch_logits, batch_features = classifier.predict_logits_and_features(images[start : start + EVAL_BATCH])
+        logits.append(batch_logits)
+        features.append(batch_features)
+        on_progress("embedding images", min(start + EVAL_BATCH, len(images)), len(images))
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def run_check(source, model=None, split: str = "all", threads: int = 1, on_progress=None) -> CheckReport:
+    started, on_progress = time.perf_counter(), on_progress or NO_PROGRESS
+    inventory = take_inventory(source)
+    entries = chosen_entries(inventory, split)
+    classifier = open_check_model(model, threads)
+    results = inspect_files(inventory, entries, classifier.info.input_size, threads, on_progress)
+    findings = [finding for _, found, _ in results for finding in found]
+    usable = [index for index, (pixels, _, _) in enumerate(results) if pixels is not None]
+    kept = [entries[index] for index in usable]
+    counts = {}
+    for entry in kept:
+        counts.setdefault(entry.split, {}).setdefault(entry.label, 0)
+        counts[entry.split][entry.label] += 1
+    findings += structure_findings(inventory, counts)
+    notes = []
+    if not kept:
+        return CheckReport(inventory.source, classifier.source, split, len(entries), counts, findings, notes,
+                           time.perf_counter() - started)  # fmt: skip
+    images = np.stack([results[index][0] for index in usable])
+    logits, features = model_outputs(classifier, images, on_progress)
+    digests = [results[index][2] for index in usable]
+    findings += find_duplicates([(e.split, e.label, e.path) for e in kept], images, digests, features, logits)
+    findings += test_label_issues(classifier, kept, logits, notes)
+    pixels = {entry.path: image for entry, image in zip(kept, images, strict=True)}
+    return CheckReport(inventory.source, classifier.source, split, len(entries), counts, findings, notes,
+                       time.perf_counter() - started, pixels)  # fmt: skip
+
+
+def test_label_issues(classifier, kept: list[Entry], logits: np.ndarray, notes: list[str]) -> list[Finding]:
+    """Label issues of the test split, when the model knows every class by name."""
+    classes = classifier.info.classes
+    test = [index for index, entry in enumerate(kept) if entry.split == "test"]
+    if not test:
+        notes.append("label issues are checked on test images only (the model must not have trained on them)")
+        return []
+    unknown = sorted({kept[index].label for index in test} - set(classes))
+    if unknown:
+        notes.append(f"no label issues: the model does not know the classes {', '.join(unknown)}; pass --model")
+        return []
+    labels = np.array([classes.index(kept[index].label) for index in test])
+    probabilities = softmax(logits[test].astype(np.float64) / classifier.info.temperature)
+    return label_issues(probabilities, labels, classes, [kept[index].path for index in test])
