@@ -19,7 +19,7 @@ import numpy as np
 
 from cifarcli.findings import Finding
 
-SEARCH_COSINE = 0.82  # search embeddings' cosine of a candidate (docs/decisions.md)
+SEARCH_COSINE = 0.74  # search embeddings' cosine of a candidate (docs/decisions.md)
 EDGE_MATCH = 0.44  # edges' correlation at the best shift that confirms it (docs/decisions.md)
 MAX_SHIFT = 1  # pixels, each way, that the confirmation tries
 SEARCH_DIMENSIONS = 64  # principal components of the search embedding
@@ -104,7 +104,8 @@ def find_duplicates(entries: list, pixels: np.ndarray, byte_digests: list, featu
     def pair(first: int, second: int, score: float, how: str) -> None:
         earlier, later = sorted((first, second), key=rank.__getitem__)
         key = (later, entries[earlier][0])
-        if key not in best or score > best[key][0]:
+        exact_before = key in best and best[key][2].startswith("the same")
+        if key not in best or (score > best[key][0] and not exact_before):
             best[key] = (score, earlier, how)
 
     pixel_digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in pixels]

@@ -22,6 +22,9 @@ FORMATS_OF_EXTENSIONS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
     ".tif": "TIFF", ".tiff": "TIFF",
 }  # fmt: skip
+SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"II*\0": "TIFF", b"MM\0*": "TIFF",
+}  # fmt: skip
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -60,7 +63,13 @@ def inspect_file(name: str, data: bytes, size: int) -> tuple["np.ndarray | None"
     described = header(data)
     extension = PurePosixPath(name).suffix.lower()
     if described is None:
-        finding("not an image", f"no image format reads it ({len(data):,} bytes)")
+        signed = next((name for signature, name in SIGNATURES.items() if data.startswith(signature)), None)
+        if signed == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            finding("truncated", f"a JPEG that ends after {len(data):,} bytes, before its image")
+        elif signed:
+            finding("undecodable", f"begins as a {signed} file but no reader makes sense of it")
+        else:
+            finding("not an image", f"no image format reads it ({len(data):,} bytes)")
         return None, found
     image_format, mode, width, height, transparent = described
     expected = FORMATS_OF_EXTENSIONS.get(extension)

@@ -1,10 +1,11 @@
 """The label issues kind of `cifar check`: images whose given label the model finds unlikely,
-by confident learning (Northcutt et al. 2021) on out-of-sample probabilities.
+from out-of-sample probabilities, in the manner of confident learning (Northcutt et al. 2021).
 
 A class's threshold is the mean probability the model gives that class over the images labelled
-with it. An image is flagged when some other class reaches its own threshold and is, of those
-that do, the most probable: the off-diagonal of the confident joint. Flagged images are ranked
-by their given label's probability (self-confidence), the least likely first.
+with it. An image is flagged when the model's most probable class is another one and the given
+class's probability is below that class's threshold: the model predicts otherwise and is less
+sure of the given class than it is of a typical image of it. Flagged images are ranked by the
+given label's probability (self-confidence), the least likely first.
 """
 
 import numpy as np
@@ -19,26 +20,14 @@ def label_issues(probabilities: np.ndarray, labels: np.ndarray, classes: list[st
     thresholds = np.array([
         probabilities[labels == label, label].mean() if (labels == label).any() else 1.0 for label in range(count)
     ])  # fmt: skip
-    above = probabilities >= thresholds[None, :]
-    confident = np.where(above, probabilities, -1.0).argmax(1)
-    flagged = above.any(1) & (confident != labels)
+    rows = np.arange(len(labels))
+    self_confidence = probabilities[rows, labels]
+    predicted = probabilities.argmax(1)
+    flagged = (predicted != labels) & (self_confidence < thresholds[labels])
     found = []
     for index in np.flatnonzero(flagged):
-        given, suggested = int(labels[index]), int(confident[index])
-        self_confidence = float(probabilities[index, given])
-        detail = (
-            f"p({classes[given]}) {self_confidence:.3f}, p({classes[suggested]}) {probabilities[index, suggested]:.3f}"
-        )
-        found.append(
-            Finding(
-                "label issues",
-                "likely mislabelled",
-                paths[index],
-                1 - self_confidence,
-                "",
-                classes[given],
-                classes[suggested],
-                detail,
-            )
-        )
+        given, suggested = classes[labels[index]], classes[predicted[index]]
+        detail = f"p({given}) {self_confidence[index]:.3f}, p({suggested}) {probabilities[index, predicted[index]]:.3f}"
+        score = 1 - float(self_confidence[index])
+        found.append(Finding("label issues", "likely mislabelled", paths[index], score, "", given, suggested, detail))
     return found

@@ -74,7 +74,7 @@ def third_output(model):
         (
             lambda card: card.update(classes=["a", "b", "c", "d"]),
             third_output,
-            "not one input and logits (and features)",
+            "not one input and logits",
         ),
     ],
 )
