@@ -46,14 +46,14 @@ def leak_scores(flagged: set, listed: list[dict]) -> dict:
 
 def test_probabilities(data: str, model) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The model's probabilities, labels and paths of the test split, as `cifar check` sees them."""
-    from cifarcli.check import model_outputs, take_inventory
-    from cifarcli.classifier import softmax
+    from cifarcli.check import take_inventory
+    from cifarcli.classifier import EVAL_BATCH, predict_in_batches, softmax
     from cifarcli.images import decode_image
 
     inventory = take_inventory(data)
     test = [entry for entry in inventory.entries if entry.split == "test"]
     images = np.stack([decode_image(inventory.read(entry.path), 32) for entry in test])
-    logits, _ = model_outputs(model, images, lambda *_: None)
+    logits = predict_in_batches(model, images, EVAL_BATCH)
     labels = np.array([model.info.classes.index(entry.label) for entry in test])
     return softmax(logits.astype(np.float64) / model.info.temperature), labels, [entry.path for entry in test]
 

@@ -80,24 +80,59 @@ def chosen_entries(inventory: Inventory, split: str) -> list[Entry]:
     return [entry for entry in inventory.entries if split == "all" or entry.split == split]
 
 
-def inspect_files(inventory: Inventory, entries: list[Entry], size: int, threads: int, on_progress) -> list[tuple]:
-    """(pixels or None, findings, the bytes' digest) per entry, on `threads` threads."""
+@dataclass
+class Inspected:
+    """The files of a check, in order: each one's findings, and for the decodable ones their
+    pixels, their bytes' digest and the model's logits and features."""
 
-    def inspect(entry: Entry):
+    findings: list[Finding]
+    usable: list[int]  # indices of the decodable entries
+    pixels: np.ndarray
+    digests: list[bytes]
+    logits: np.ndarray
+    features: np.ndarray
+
+
+def inspect_batch(inventory: Inventory, entries: list[Entry], classifier) -> tuple:
+    """One batch, decoded and run through the model by one worker (as cifar predict's workers do)."""
+    found, usable, pixels, digests = [], [], [], []
+    for index, entry in enumerate(entries):
         try:
             data = inventory.read(entry.path)
         except OSError as error:
-            return None, [Finding("files", "unreadable", entry.path, detail=str(error))], b""
-        pixels, found = inspect_file(entry.path, data, size)
-        return pixels, found, hashlib.blake2b(data, digest_size=16).digest()
+            found.append(Finding("files", "unreadable", entry.path, detail=str(error)))
+            continue
+        image, problems = inspect_file(entry.path, data, classifier.info.input_size)
+        found += problems
+        if image is not None:
+            usable.append(index)
+            pixels.append(image)
+            digests.append(hashlib.blake2b(data, digest_size=16).digest())
+    if not pixels:
+        return found, usable, pixels, digests, None, None
+    logits, features = classifier.predict_logits_and_features(np.stack(pixels))
+    return found, usable, pixels, digests, logits, features
 
-    results = []
+
+def inspect_files(inventory: Inventory, entries: list[Entry], classifier, threads: int, on_progress) -> Inspected:
+    """Every entry inspected and, where decodable, embedded: `threads` workers, a batch each."""
+    batches = [entries[start : start + EVAL_BATCH] for start in range(0, len(entries), EVAL_BATCH)]
+    inspected = Inspected([], [], [], [], [], [])
     with ThreadPoolExecutor(threads) as pool:
-        for done, result in enumerate(pool.map(inspect, entries, chunksize=64), 1):
-            results.append(result)
-            if done % 500 == 0 or done == len(entries):
-                on_progress("checking files", done, len(entries))
-    return results
+        work = pool.map(lambda batch: inspect_batch(inventory, batch, classifier), batches)
+        for number, (found, usable, pixels, digests, logits, features) in enumerate(work):
+            inspected.findings += found
+            inspected.usable += [number * EVAL_BATCH + index for index in usable]
+            inspected.pixels += pixels
+            inspected.digests += digests
+            if logits is not None:
+                inspected.logits.append(logits)
+                inspected.features.append(features)
+            on_progress("checking files", min((number + 1) * EVAL_BATCH, len(entries)), len(entries))
+    if inspected.pixels:
+        inspected.pixels = np.stack(inspected.pixels)
+        inspected.logits, inspected.features = np.concatenate(inspected.logits), np.concatenate(inspected.features)
+    return inspected
 
 
 def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]]) -> list[Finding]:
@@ -133,42 +168,29 @@ def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]]) 
     return found
 
 
-def model_outputs(classifier, images: np.ndarray, on_progress) -> tuple[np.ndarray, np.ndarray]:
-    logits, features = [], []
-    for start in range(0, len(images), EVAL_BATCH):
-        batch_logits, batch_features = classifier.predict_logits_and_features(images[start : start + EVAL_BATCH])
-        logits.append(batch_logits)
-        features.append(batch_features)
-        on_progress("embedding images", min(start + EVAL_BATCH, len(images)), len(images))
-    return np.concatenate(logits), np.concatenate(features)
-
-
 def run_check(source, model=None, split: str = "all", threads: int = 1, on_progress=None) -> CheckReport:
     started, on_progress = time.perf_counter(), on_progress or NO_PROGRESS
     inventory = take_inventory(source)
     entries = chosen_entries(inventory, split)
-    classifier = open_check_model(model, threads)
-    results = inspect_files(inventory, entries, classifier.info.input_size, threads, on_progress)
-    findings = [finding for _, found, _ in results for finding in found]
-    usable = [index for index, (pixels, _, _) in enumerate(results) if pixels is not None]
-    kept = [entries[index] for index in usable]
+    classifier = open_check_model(model, threads=1)  # one ONNX Runtime thread per worker
+    inspected = inspect_files(inventory, entries, classifier, threads, on_progress)
+    kept = [entries[index] for index in inspected.usable]
     counts = {}
     for entry in kept:
         counts.setdefault(entry.split, {}).setdefault(entry.label, 0)
         counts[entry.split][entry.label] += 1
-    findings += structure_findings(inventory, counts)
-    notes = []
-    if not kept:
-        return CheckReport(inventory.source, classifier.source, split, len(entries), counts, findings, notes,
-                           time.perf_counter() - started)  # fmt: skip
-    images = np.stack([results[index][0] for index in usable])
-    logits, features = model_outputs(classifier, images, on_progress)
-    digests = [results[index][2] for index in usable]
-    findings += find_duplicates([(e.split, e.label, e.path) for e in kept], images, digests, features, logits)
-    findings += test_label_issues(classifier, kept, logits, notes)
-    pixels = {entry.path: image for entry, image in zip(kept, images, strict=True)}
-    return CheckReport(inventory.source, classifier.source, split, len(entries), counts, findings, notes,
-                       time.perf_counter() - started, pixels)  # fmt: skip
+    findings, notes = inspected.findings + structure_findings(inventory, counts), []
+    pixels = {}
+    if kept:
+        images, logits = inspected.pixels, inspected.logits
+        twins = [(entry.split, entry.label, entry.path) for entry in kept]
+        findings += find_duplicates(twins, images, inspected.digests, inspected.features, logits)
+        findings += test_label_issues(classifier, kept, logits, notes)
+        pixels = {entry.path: image for entry, image in zip(kept, images, strict=True)}
+    seconds = time.perf_counter() - started
+    return CheckReport(
+        inventory.source, classifier.source, split, len(entries), counts, findings, notes, seconds, pixels
+    )
 
 
 def test_label_issues(classifier, kept: list[Entry], logits: np.ndarray, notes: list[str]) -> list[Finding]:

@@ -59,6 +59,9 @@ class ModelInfo:
     precision: str = "fp32"  # autocast of the training steps; every exact metric is scored in fp32
     val_fraction: float = 0.0  # > 0: trained on a ROOT/<class>/* folder whose test split held this out
     temperature: float = 1.0  # confidences are softmax(logits / temperature); fitted by `cifar export --data`
+    excluded: dict = field(
+        default_factory=dict
+    )  # files left out by `cifar train --exclude` (findings.exclusion_record)
     version: str = __version__  # of the cifarcli that wrote it
     schema: int = MODEL_CARD_SCHEMA  # of this JSON form; from_dict reads older ones
 

@@ -8,6 +8,7 @@ import io
 import pickle
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +66,21 @@ def resize_array(image: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def download_cifar10(cache_dir: Path) -> Path:
+    """Download the official archive with torchvision; fail in one line without network."""
+    target = cache_dir / "cifar-10-batches-py"
+    if (target / "batches.meta").exists():
+        return target
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(root=str(cache_dir), download=True)
+    except Exception as error:
+        raise CifarError(
+            f"could not download CIFAR-10 into {cache_dir} ({type(error).__name__}); "
+            "pass --data PATH to a local copy (cifar-10-python.tar.gz, cifar-10-batches-py/, "
+            "or an image folder with train/ and test/)"
+        ) from None
+    return target

@@ -25,18 +25,19 @@ def root(version: opt.Version = False):
     """cifarcli"""
 
 
-def load_data(data, size, cache_dir, val_fraction=None):
+def load_data(data, size, cache_dir, val_fraction=None, exclude=None):
     from cifarcli import report
-    from cifarcli.data import DEFAULT_VAL_FRACTION, load_dataset
+    from cifarcli.data import load_dataset
     from cifarcli.hardware import cores
 
-    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     with report.progress_callback() as on_progress:
-        dataset = load_dataset(data, size, cache_dir, on_progress, fraction, cores())
+        dataset = load_dataset(data, size, cache_dir, on_progress, val_fraction, cores(), exclude)
     for message in dataset.notes:
         report.note(message)
     if dataset.skipped:
         report.note(f"skipped {len(dataset.skipped)} unreadable image(s), first: {dataset.skipped[0]}")
+    if exclude:
+        report.note(f"left out {len(dataset.excluded)} of the {len(set(exclude))} file(s) that --exclude names")
     return dataset
 
 
@@ -80,12 +81,14 @@ def train_command(
     resume: opt.Resume = None,
     nproc: opt.Processes = None,
     log: opt.Trackers = None,
+    exclude: opt.Exclude = None,
     cache_dir: opt.CacheDir = None,
     as_json: opt.Json = False,
 ):
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.json."""
     from cifarcli import report
     from cifarcli.distributed import launch_local, once_per_machine
+    from cifarcli.findings import read_exclusions
     from cifarcli.models import DEFAULT_MODEL, check_input_sizes, get_model_entry
     from cifarcli.recipes import parse_recipe_settings
     from cifarcli.run import decide_setup, take_run_folder
@@ -98,7 +101,11 @@ def train_command(
         options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
         overrides = parse_recipe_settings(settings or []) | {k: v for k, v in options.items() if v is not None}
         resumed = open_resumable(resume) if resume is not None else None
+        excluded = read_exclusions(exclude) if exclude else []
         if resumed:
+            if exclude:
+                raise CifarError(f"--exclude {exclude}: the run being resumed keeps its own list; drop --exclude")
+            excluded = resumed.excluded
             given = {"model": model, "data": data, "val_fraction": val_fraction, "precision": precision}
             resumed.refuse_contradictions({**given, **overrides, "name": name, "out": out})
             if resumed.finished:
@@ -111,7 +118,7 @@ def train_command(
         if nproc and nproc > 1:
             raise typer.Exit(launch_local(nproc, recipe.batch_size, sys.argv[1:]))
         setup = decide_setup(device, precision)
-        dataset = once_per_machine(setup.ranks, lambda: load_data(data, 32, cache_dir, val_fraction))
+        dataset = once_per_machine(setup.ranks, lambda: load_data(data, 32, cache_dir, val_fraction, excluded))
         if len(dataset.classes) < 2:
             raise CifarError(f"--data {data}: found {len(dataset.classes)} class; training needs at least 2")
         check_input_sizes(model, recipe, dataset.train.images.shape[1], len(dataset.classes))

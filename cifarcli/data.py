@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from cifarcli.checkpoint import atomic_write
-from cifarcli.cifar_batches import read_cifar_batches
+from cifarcli.cifar_batches import download_cifar10, read_cifar_batches
 from cifarcli.errors import CifarError, ImageDecodeError, first_line
 from cifarcli.images import decode_image, is_image_name
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CACHE_FORMAT = 2  # bump when the cached arrays change meaning
+CACHE_FORMAT = 3  # bump when the cached arrays change meaning
 DEFAULT_VAL_FRACTION = 0.1  # of each class of a ROOT/<class>/* folder, held out as its test split
 SPLIT_SEED = 0  # the same hold-out for every run, whatever its training seed
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
@@ -70,6 +70,7 @@ class Dataset:
     val_fraction: float = 0.0  # > 0: the test split was held out of a ROOT/<class>/* folder
     held_out: list[str] = field(default_factory=list)  # then: its files, as paths inside the source
     notes: list[str] = field(default_factory=list)  # what the loading did that a user should hear of
+    excluded: list[str] = field(default_factory=list)  # files left out by --exclude, as paths inside the source
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -86,12 +87,15 @@ def load_dataset(
     size: int = 32,
     cache_dir: "Path | None" = None,
     on_progress: "ProgressCallback | None" = None,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_fraction: "float | None" = None,
     threads: int = 1,
+    exclude: "list[str] | None" = None,
 ) -> Dataset:
     """Load a data source as uint8 splits of size x size, decoding only on the first call, on
     `threads` threads. val_fraction applies only to a folder of class folders, which has no test
-    split of its own."""
+    split of its own (default DEFAULT_VAL_FRACTION); exclude names files (paths inside the source)
+    to leave out."""
+    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     if not 0 < val_fraction < 1:
         raise CifarError(f"--val-fraction {val_fraction}: choose a fraction between 0 and 1, such as 0.1")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -101,7 +105,8 @@ def load_dataset(
         path = Path(source).expanduser()
         if not path.exists():
             raise CifarError(f"--data {source}: no such file or folder")
-    cache_file = cache_dir / "decoded" / f"{source_fingerprint(path, size, val_fraction)}.npz"
+    exclude = sorted(set(exclude or []))
+    cache_file = cache_dir / "decoded" / f"{source_fingerprint(path, size, val_fraction, exclude)}.npz"
     notes = []
     if cache_file.exists():
         try:
@@ -110,7 +115,7 @@ def load_dataset(
             notes.append(
                 f"{cache_file}: the cache of decoded pixels is unreadable ({first_line(error)}); decoded again"
             )
-    dataset = decode_source(path, size, on_progress or (lambda *_: None), val_fraction, threads)
+    dataset = decode_source(path, size, on_progress or (lambda *_: None), val_fraction, threads, set(exclude))
     try:
         write_cache(cache_file, dataset)
     except CifarError as error:  # the cache only saves time: go on without it
@@ -119,29 +124,12 @@ def load_dataset(
     return dataset
 
 
-def download_cifar10(cache_dir: Path) -> Path:
-    """Download the official archive with torchvision; fail in one line without network."""
-    target = cache_dir / "cifar-10-batches-py"
-    if (target / "batches.meta").exists():
-        return target
-    from torchvision.datasets import CIFAR10
-
-    try:
-        CIFAR10(root=str(cache_dir), download=True)
-    except Exception as error:
-        raise CifarError(
-            f"could not download CIFAR-10 into {cache_dir} ({type(error).__name__}); "
-            "pass --data PATH to a local copy (cifar-10-python.tar.gz, cifar-10-batches-py/, "
-            "or an image folder with train/ and test/)"
-        ) from None
-    return target
-
-
-def source_fingerprint(path: Path, size: int, val_fraction: float) -> str:
-    """A key that changes when the source's files change (path, sizes, modification times)."""
+def source_fingerprint(path: Path, size: int, val_fraction: float, exclude: "list[str] | None" = None) -> str:
+    """A key that changes when the source's files change (path, sizes, modification times) or
+    the files left out do."""
     path = path.resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{val_fraction}|{path}".encode())
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{val_fraction}|{path}|{'|'.join(exclude or [])}".encode())
     for file in files:
         stat = file.stat()
         digest.update(f"|{file.relative_to(path.parent)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -158,6 +146,7 @@ def read_cache(cache_file: Path, source: str) -> Dataset:
             skipped=[str(line) for line in arrays["skipped"]],
             val_fraction=float(arrays["val_fraction"]),
             held_out=[str(name) for name in arrays["held_out"]],
+            excluded=[str(name) for name in arrays["excluded"]],
         )
 
 
@@ -172,31 +161,54 @@ def write_cache(cache_file: Path, dataset: Dataset) -> None:
         "skipped": np.array(dataset.skipped, dtype=str),
         "val_fraction": np.array(dataset.val_fraction),
         "held_out": np.array(dataset.held_out, dtype=str),
+        "excluded": np.array(dataset.excluded, dtype=str),
     }
     atomic_write(cache_file, lambda file: np.savez(file, **arrays))
 
 
-def decode_source(path: Path, size: int, on_progress: ProgressCallback, val_fraction: float, threads: int) -> Dataset:
+def decode_source(
+    path: Path, size: int, on_progress: ProgressCallback, val_fraction: float, threads: int, exclude: set[str]
+) -> Dataset:
     name = path.name.lower()
+    left_out = []
+
+    def kept(items):  # the (name, payload) items that --exclude does not name
+        for item in items:
+            if item[0] in exclude:
+                left_out.append(item[0])
+            else:
+                yield item
+
+    def dataset_of(items) -> Dataset:
+        dataset = read_image_folder(kept(items), str(path), size, on_progress, val_fraction, threads)
+        dataset.excluded = left_out
+        return dataset
+
     if path.is_dir() and (path / "data_batch_1").exists():
+        refuse_exclusions(exclude, path)
         return batches_dataset(lambda member: (path / member).read_bytes(), str(path), size)
     if path.is_dir():
-        return read_image_folder(iter_folder_images(path), str(path), size, on_progress, val_fraction, threads)
+        return dataset_of(iter_folder_images(path))
     if name.endswith(ARCHIVE_SUFFIXES):
         try:
             with open_archive(path) as (names, read):
                 batches = [member for member in names if member.endswith("cifar-10-batches-py/data_batch_1")]
                 if batches:
+                    refuse_exclusions(exclude, path)
                     prefix = batches[0][: -len("data_batch_1")]
                     return batches_dataset(lambda member: read(prefix + member), str(path), size)
-                images = ((member, read(member)) for member in names if is_image_name(member))
-                return read_image_folder(images, str(path), size, on_progress, val_fraction, threads)
+                return dataset_of((member, read(member)) for member in names if is_image_name(member))
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
             raise CifarError(f"--data {path}: cannot read the archive ({first_line(error)})") from None
     raise CifarError(
         f"--data {path}: not a data source; give an image folder (ROOT/train/<class>, ROOT/test/<class> "
         "or ROOT/<class>), a .tar.gz/.tgz/.zip of one, or the official cifar-10-python.tar.gz"
     )
+
+
+def refuse_exclusions(exclude: set[str], path: Path) -> None:
+    if exclude:
+        raise CifarError(f"--exclude: {path} holds CIFAR batches, not files to leave out; give an image folder")
 
 
 def batches_dataset(read_member: Callable[[str], bytes], source: str, size: int) -> Dataset:

@@ -7,6 +7,7 @@ most likely first; `cifar train --exclude findings.csv` trains without the files
 """
 
 import csv
+import hashlib
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,3 +63,12 @@ def read_exclusions(path: Path) -> list[str]:
     if not paths:
         raise CifarError(f"--exclude {path}: names no files; give a findings.csv of `cifar check` or one path a line")
     return sorted(set(paths))
+
+
+def exclusion_record(excluded: list[str]) -> dict:
+    """What a run folder and a model card record of the files --exclude left out: how many, and
+    the SHA-256 of their sorted paths (the list itself is the run folder's excluded.txt)."""
+    if not excluded:
+        return {}
+    digest = hashlib.sha256("\n".join(sorted(excluded)).encode()).hexdigest()
+    return {"files": len(excluded), "sha256": digest}

@@ -23,6 +23,7 @@ HISTORY, CURVES, CONFIG = "history.csv", "curves.png", "config.json"
 CONFUSION = "confusion.png"  # the final weights' confusion matrix, drawn for the trackers (--log)
 TRACKING = "tracking.json"  # what the trackers need to continue: the MLflow run's id
 HELD_OUT = "held_out.txt"  # a class-folder source's test files, one path inside the source a line
+EXCLUDED = "excluded.txt"  # the files `cifar train --exclude` left out, one path inside the source a line
 # config.json's schema: 2, the recipe's crop stages (crops); 1 (no "schema" key): one small crop.
 CONFIG_SCHEMA = 2
 HISTORY_FIELDS = [
@@ -60,7 +61,7 @@ class RunFolder:
 
     def written(self) -> list[str]:
         """The names of the files a run has written, in the order a user reads about them."""
-        names = (BEST, LAST, HISTORY, CURVES, CONFIG, HELD_OUT, CONFUSION, TRACKING)
+        names = (BEST, LAST, HISTORY, CURVES, CONFIG, HELD_OUT, EXCLUDED, CONFUSION, TRACKING)
         return [name for name in names if self.file(name).exists()]
 
     def write_config(self, config: dict) -> None:
@@ -81,6 +82,15 @@ class RunFolder:
         """The test files held out of a ROOT/<class>/* source, one a line; nothing when none."""
         if names:
             self._write(HELD_OUT, "".join(f"{name}\n" for name in names).encode())
+
+    def write_excluded(self, names: list[str]) -> None:
+        """The files --exclude left out, one a line; nothing when none."""
+        if names:
+            self._write(EXCLUDED, "".join(f"{name}\n" for name in sorted(names)).encode())
+
+    def read_excluded(self) -> list[str]:
+        file = self.file(EXCLUDED)
+        return file.read_text().splitlines() if file.exists() else []
 
     def save_checkpoint(self, name: str, model, info, training_state: "dict | None" = None) -> None:
         if self.writes:
@@ -139,6 +149,7 @@ class ResumableRun:
     precision: str
     checkpoint: dict = field(repr=False)  # last.pt, loaded
     history: list = field(repr=False)  # history.csv's rows up to last.pt's epoch
+    excluded: list = field(default_factory=list)  # excluded.txt: the files the run leaves out
 
     @property
     def epoch(self) -> int:
@@ -204,7 +215,8 @@ def open_resumable(path: Path) -> ResumableRun:
         history = []
     if len(history) < epoch:
         raise CifarError(f"--resume {path}: {folder.file(HISTORY)} lacks epochs that {LAST} has; start a new run")
-    return ResumableRun(folder, config["model"], recipe, source, val_fraction, precision, checkpoint, history)
+    excluded = folder.read_excluded()
+    return ResumableRun(folder, config["model"], recipe, source, val_fraction, precision, checkpoint, history, excluded)
 
 
 def check_same_run(saved, info, path: Path) -> None:

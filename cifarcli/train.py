@@ -24,6 +24,7 @@ from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import per_class_metrics
 from cifarcli.events import SilentEvents, TrainResult
+from cifarcli.findings import exclusion_record
 from cifarcli.models import channel_mean_std, get_model_entry, whitening_layer
 from cifarcli.optim import LOOKAHEAD_EVERY, Lookahead, lr_factor, make_optimizers
 from cifarcli.recipes import Recipe
@@ -134,6 +135,7 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         recipe.to_dict(),
         precision=context.precision,
         val_fraction=dataset.val_fraction,
+        excluded=exclusion_record(dataset.excluded),
     )
 
     # 2. Steps and schedule. A fractional epoch count trains part of the last epoch.
@@ -170,6 +172,7 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         restore(training, resume)
     context.folder.write_config(run_config(training))
     context.folder.write_held_out(dataset.held_out)
+    context.folder.write_excluded(dataset.excluded)
     return training
 
 
@@ -328,7 +331,7 @@ def run_config(training: Training) -> dict:
     return {
         "model": training.info.model,
         "recipe": training.recipe.to_dict(),
-        "data": describe(training.dataset),
+        "data": {**describe(training.dataset), "excluded": exclusion_record(training.dataset.excluded) or None},
         **training.context.to_config(),
         "epoch_test_images": len(training.epoch_test),  # each epoch's estimate, in the training precision
         "result_scored_in": "fp32",  # the last epoch's figures and best.pt's: the whole test split

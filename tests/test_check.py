@@ -121,3 +121,31 @@ def test_every_planted_problem_is_found_and_nothing_else(streaks_model, tmp_path
     wrong = next(row for row in rows if row["problem"] == "likely mislabelled")
     assert (wrong["given"], wrong["suggested"]) == ("disc", "vertical")
     assert Image.open(tmp_path / "out" / "duplicates.png").size[0] > 0
+
+
+@pytest.mark.slow
+def test_train_exclude_leaves_the_listed_files_out_and_records_it(image_folder, tmp_path):
+    from cifarcli.checkpoint import load_checkpoint
+
+    listed = ["train/disc/0000.png", "train/disc/0001.png", "test/vertical/0003.png"]
+    findings = tmp_path / "findings.csv"
+    findings.write_text(
+        "path,kind,problem,score\n" + "".join(f"{path},duplicates,near duplicate,0.9\n" for path in listed)
+    )
+    arguments = ["train", "-m", "tutorial", "--data", str(image_folder), "--epochs", "1", "--batch-size", "32",
+                 "--precision", "fp32", "--out", str(tmp_path), "--name", "run", "--exclude", findings]  # fmt: skip
+    result = runner.invoke(app, [*map(str, arguments), "--json"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["train"] == 3 * 80 - 2 and config["data"]["test"] == 3 * 30 - 1
+    assert config["data"]["excluded"]["files"] == 3
+    assert (tmp_path / "run" / "excluded.txt").read_text().splitlines() == sorted(listed)
+    card = load_checkpoint(tmp_path / "run" / "last.pt")["info"]
+    assert card.excluded == config["data"]["excluded"]
+    again = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--exclude", str(findings)])
+    assert again.exit_code == 2 and "keeps its own list" in again.output
+
+
+def test_an_unreadable_exclusion_list_is_one_line(image_folder, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(image_folder), "--exclude", str(tmp_path / "none.csv")])
+    assert result.exit_code == 2 and "--exclude" in result.output and "Traceback" not in result.output
