@@ -314,6 +314,22 @@ def startup_table() -> list[str]:
     ])  # fmt: skip
 
 
+def check_table() -> list[str]:
+    """Per machine kind, the newest `cifar check` of the shared copy, scored against the published lists."""
+    leaks = lambda scores: f"{scores['recall_near']:.1%} / {scores['listed_share']:.1%} ({scores['flagged']:,})"  # noqa: E731
+    return table(newest_each(load("check"), "kind"), [
+        ("machine", lambda row: machine_kind(row["machine"])), ("date", lambda row: row["date"]),
+        ("model", lambda row: f"`{row['model']}`"), ("files", lambda row: f"{row['files']:,}"),
+        ("wall s", lambda row: number(row["wall_s"], 1)),
+        ("leaks: recall / listed (flagged)", lambda row: leaks(row["leaks"])),
+        ("pHash, best recall: recall / listed (flagged)",
+         lambda row: leaks(max(row["phash_leaks"].values(), key=lambda scores: scores["recall_near"]))),
+        ("test twins recall", lambda row: percent(row["test_twins_recall"])),
+        ("wrong labels in top 300: ours / cleanlab", lambda row: f"{percent(row['label_errors_in_top'])} / "
+         f"{percent(row['cleanlab_errors_in_top'])}"),
+    ])  # fmt: skip
+
+
 def machines_table() -> list[str]:
     everything = [row for path in sorted(RESULTS.glob("*.jsonl")) for row in load(path.stem)]
 
@@ -333,7 +349,7 @@ def machines_table() -> list[str]:
 TABLES = {
     "machines": machines_table, "training": training_table, "candidates": candidates_table,
     "step_costs": step_cost_table, "export": export_table, "predict": predict_table, "scaling": scaling_table,
-    "stages": stages_table, "portability": portability_table, "startup": startup_table,
+    "stages": stages_table, "portability": portability_table, "startup": startup_table, "check": check_table,
 }  # fmt: skip
 
 
