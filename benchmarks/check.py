@@ -10,6 +10,8 @@ CPU, every core), then scores it against the human-verified lists in benchmarks/
 - twins within the test split, against ciFAIR's test pairs: recall;
 - label issues: how many of the 54 crowd-confirmed wrong test labels are among the 300 images
   ranked most likely mislabelled;
+- twin ranks: where ciFAIR's training twin of each listed test image ranks among all training
+  images, by the model's features alone and by the check's search embedding;
 beside, on the same data: cleanlab's `find_label_issues` ranked by self-confidence on the same
 model's probabilities, and a perceptual-hash twin finder (imagehash's pHash, Hamming distance
 at most --phash bits, each test image against its nearest training image). cleanlab and
@@ -44,18 +46,36 @@ def leak_scores(flagged: set, listed: list[dict]) -> dict:
             "listed_share": round(len(flagged & every) / max(len(flagged), 1), 4)}  # fmt: skip
 
 
-def test_probabilities(data: str, model) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The model's probabilities, labels and paths of the test split, as `cifar check` sees them."""
-    from cifarcli.check import take_inventory
-    from cifarcli.classifier import EVAL_BATCH, predict_in_batches, softmax
-    from cifarcli.images import decode_image
+def decoded(data: str):
+    """Every file as `cifar check` decodes and embeds it: (entries, Inspected), the bundled model's."""
+    from cifarcli.check import inspect_files, open_check_model, take_inventory
+    from cifarcli.hardware import cores
 
     inventory = take_inventory(data)
-    test = [entry for entry in inventory.entries if entry.split == "test"]
-    images = np.stack([decode_image(inventory.read(entry.path), 32) for entry in test])
-    logits = predict_in_batches(model, images, EVAL_BATCH)
-    labels = np.array([model.info.classes.index(entry.label) for entry in test])
-    return softmax(logits.astype(np.float64) / model.info.temperature), labels, [entry.path for entry in test]
+    model = open_check_model(None, threads=1)
+    inspected = inspect_files(inventory, inventory.entries, model, cores(), lambda *_: None)
+    return [inventory.entries[index] for index in inspected.usable], inspected, model
+
+
+def twin_ranks(entries, inspected, listed: list[dict]) -> dict:
+    """For ciFAIR's test images, where their listed training twin ranks among all training
+    images: by the model's features alone, and by the check's search embedding."""
+    from cifarcli.duplicates import search_embeddings, unit_rows
+
+    index = {entry.path: number for number, entry in enumerate(entries)}
+    tests = np.array([index[row["test_local_path"]] for row in listed])
+    twins = np.array([index[row["train_local_path"]] for row in listed])
+    train = np.array([number for number, entry in enumerate(entries) if entry.split == "train"])
+    features = unit_rows(inspected.features - inspected.features.mean(0))
+    search, mirrored = search_embeddings(inspected.pixels, inspected.features)
+    ranks = {}
+    for name, (queries, mirror_queries, keys) in {"features": (features, features, features),
+                                                   "search": (search, mirrored, search)}.items():  # fmt: skip
+        similarity = np.maximum(queries[tests] @ keys[train].T, mirror_queries[tests] @ keys[train].T)
+        twin = np.maximum((queries[tests] * keys[twins]).sum(1), (mirror_queries[tests] * keys[twins]).sum(1))
+        rank = (similarity > twin[:, None] + 1e-6).sum(1)
+        ranks[name] = {"first": round(float((rank < 1).mean()), 4), "top10": round(float((rank < 10).mean()), 4)}
+    return ranks
 
 
 def phash_leaks(data: str, bits: list[int]) -> dict:
@@ -81,7 +101,7 @@ def phash_leaks(data: str, bits: list[int]) -> dict:
 
 
 def main() -> None:
-    from cifarcli.check import open_check_model
+    from cifarcli.classifier import softmax
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA))
@@ -99,8 +119,11 @@ def main() -> None:
     test_pairs = [frozenset((row["local_path_a"], row["local_path_b"])) for row in reference("cifair_test_test.csv")]
     errors = {row["local_path"] for row in reference("label_errors_test.csv")}
     issues = sorted((f for f in findings if f["kind"] == "label issues"), key=lambda f: -f["score"])
-    model = open_check_model(None, 0)
-    probabilities, labels, paths = test_probabilities(args.data, model)
+    entries, inspected, model = decoded(args.data)
+    test = [number for number, entry in enumerate(entries) if entry.split == "test"]
+    probabilities = softmax(inspected.logits[test].astype(np.float64) / model.info.temperature)
+    labels = np.array([model.info.classes.index(entries[number].label) for number in test])
+    paths = [entries[number].path for number in test]
     from cleanlab.filter import find_label_issues
 
     ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
@@ -115,6 +138,7 @@ def main() -> None:
         "cleanlab_label_issues": len(ranked),
         "cleanlab_errors_in_top": round(len({paths[i] for i in ranked[:RANKED]} & errors) / len(errors), 4),
         "phash_leaks": {str(bits): leak_scores(found, listed) for bits, found in phash.items()},
+        "twin_ranks": twin_ranks(entries, inspected, listed),
     }  # fmt: skip
     append_result("check", "python benchmarks/check.py " + " ".join(sys.argv[1:]), figures)
 
