@@ -12,9 +12,10 @@ CPU, every core), then scores it against the human-verified lists in benchmarks/
   ranked most likely mislabelled;
 - twin ranks: where ciFAIR's training twin of each listed test image ranks among all training
   images, by the model's features alone and by the check's search embedding;
-beside, on the same data: cleanlab's `find_label_issues` ranked by self-confidence on the same
-model's probabilities, and a perceptual-hash twin finder (imagehash's pHash, Hamming distance
-at most --phash bits, each test image against its nearest training image). cleanlab and
+beside, on the same data: cleanlab's `find_label_issues` ranked by self-confidence on the
+probabilities the check uses (the model's, with the mirror), and a perceptual-hash twin finder
+(imagehash's pHash, Hamming distance at most --phash bits, each test image against its nearest
+training image). cleanlab and
 imagehash are benchmark-only (`pip install cleanlab imagehash`). One row per run goes to
 benchmarks/results/check.jsonl. The machine must be otherwise idle.
 """
@@ -121,7 +122,7 @@ def main() -> None:
     issues = sorted((f for f in findings if f["kind"] == "label issues"), key=lambda f: -f["score"])
     entries, inspected, model = decoded(args.data)
     test = [number for number, entry in enumerate(entries) if entry.split == "test"]
-    probabilities = softmax(inspected.logits[test].astype(np.float64) / model.info.temperature)
+    probabilities = softmax(inspected.label_logits[test].astype(np.float64) / model.info.temperature)
     labels = np.array([model.info.classes.index(entries[number].label) for number in test])
     paths = [entries[number].path for number in test]
     from cleanlab.filter import find_label_issues

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarcli.classifier import EVAL_BATCH, softmax
+from cifarcli.classifier import EVAL_BATCH, blend_tta, mirror, softmax
 from cifarcli.duplicates import find_duplicates
 from cifarcli.errors import CifarError
 from cifarcli.file_checks import inspect_file
@@ -91,6 +91,7 @@ class Inspected:
     digests: list[bytes]
     logits: np.ndarray
     features: np.ndarray
+    label_logits: np.ndarray  # the logits label issues use: the test split's with the mirror (TTA level 1)
 
 
 def inspect_batch(inventory: Inventory, entries: list[Entry], classifier) -> tuple:
@@ -109,18 +110,23 @@ def inspect_batch(inventory: Inventory, entries: list[Entry], classifier) -> tup
             pixels.append(image)
             digests.append(hashlib.blake2b(data, digest_size=16).digest())
     if not pixels:
-        return found, usable, pixels, digests, None, None
-    logits, features = classifier.predict_logits_and_features(np.stack(pixels))
-    return found, usable, pixels, digests, logits, features
+        return found, usable, pixels, digests, None, None, None
+    images = np.stack(pixels)
+    logits, features = classifier.predict_logits_and_features(images)
+    label_logits, tested = logits.copy(), [k for k, index in enumerate(usable) if entries[index].split == "test"]
+    if tested:
+        mirrored = lambda rows: classifier.predict_logits(mirror(images[tested][rows]))  # noqa: E731
+        label_logits[tested] = blend_tta(logits[tested], 1, mirrored, None)
+    return found, usable, pixels, digests, logits, features, label_logits
 
 
 def inspect_files(inventory: Inventory, entries: list[Entry], classifier, threads: int, on_progress) -> Inspected:
     """Every entry inspected and, where decodable, embedded: `threads` workers, a batch each."""
     batches = [entries[start : start + EVAL_BATCH] for start in range(0, len(entries), EVAL_BATCH)]
-    inspected = Inspected([], [], [], [], [], [])
+    inspected = Inspected([], [], [], [], [], [], [])
     with ThreadPoolExecutor(threads) as pool:
         work = pool.map(lambda batch: inspect_batch(inventory, batch, classifier), batches)
-        for number, (found, usable, pixels, digests, logits, features) in enumerate(work):
+        for number, (found, usable, pixels, digests, logits, features, label_logits) in enumerate(work):
             inspected.findings += found
             inspected.usable += [number * EVAL_BATCH + index for index in usable]
             inspected.pixels += pixels
@@ -128,10 +134,12 @@ def inspect_files(inventory: Inventory, entries: list[Entry], classifier, thread
             if logits is not None:
                 inspected.logits.append(logits)
                 inspected.features.append(features)
+                inspected.label_logits.append(label_logits)
             on_progress("checking files", min((number + 1) * EVAL_BATCH, len(entries)), len(entries))
     if inspected.pixels:
         inspected.pixels = np.stack(inspected.pixels)
-        inspected.logits, inspected.features = np.concatenate(inspected.logits), np.concatenate(inspected.features)
+        for name in ("logits", "features", "label_logits"):
+            setattr(inspected, name, np.concatenate(getattr(inspected, name)))
     return inspected
 
 
@@ -185,7 +193,7 @@ def run_check(source, model=None, split: str = "all", threads: int = 1, on_progr
         images, logits = inspected.pixels, inspected.logits
         twins = [(entry.split, entry.label, entry.path) for entry in kept]
         findings += find_duplicates(twins, images, inspected.digests, inspected.features, logits)
-        findings += test_label_issues(classifier, kept, logits, notes)
+        findings += test_label_issues(classifier, kept, inspected.label_logits, notes)
         pixels = {entry.path: image for entry, image in zip(kept, images, strict=True)}
     seconds = time.perf_counter() - started
     return CheckReport(
