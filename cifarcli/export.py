@@ -18,7 +18,7 @@ from cifarcli.classifier import OnnxClassifier, TorchClassifier, predict_in_batc
 from cifarcli.data import Dataset
 from cifarcli.errors import CifarError
 from cifarcli.evaluate import accuracy, calibration, fit_temperature
-from cifarcli.onnx_model import DEFAULT_OPSET, OLDEST_OPSET, metadata_for
+from cifarcli.onnx_model import DEFAULT_OPSET, FEATURES, OLDEST_OPSET, metadata_for
 
 MAX_ABS_DIFF = 1e-4  # fp32 logits, ONNX Runtime against PyTorch
 # Where benchmarks/portability.py loaded fp32 exports and matched the installed ONNX Runtime's
@@ -93,13 +93,17 @@ def batchnorm_before_pool(model):
     return model
 
 
-def with_features(model):
-    """The model answering (logits, features), features being the input of its last linear
-    layer: the image embeddings that `cifar check` compares."""
+def with_features(model) -> tuple:
+    """(the model answering (logits, features), its output names): features are the input of its
+    last linear layer, the image embeddings that `cifar check` compares. A model without a linear
+    layer answers its logits alone."""
     from torch import nn
 
     layers = list(model.children())
-    head = max(index for index, layer in enumerate(layers) if any(isinstance(m, nn.Linear) for m in layer.modules()))
+    heads = [index for index, layer in enumerate(layers) if any(isinstance(m, nn.Linear) for m in layer.modules())]
+    if not heads:
+        return model, ["logits"]
+    head = heads[-1]
 
     class WithFeatures(nn.Module):
         def __init__(self):
@@ -110,7 +114,7 @@ def with_features(model):
             features = self.body(x)
             return self.head(features), features
 
-    return WithFeatures().eval()
+    return WithFeatures().eval(), ["logits", FEATURES]
 
 
 def build_onnx(model, input_size: int, opset: int):
@@ -119,15 +123,16 @@ def build_onnx(model, input_size: int, opset: int):
     import torch
 
     example = torch.rand(2, 3, input_size, input_size)
+    exported, output_names = with_features(batchnorm_before_pool(model))
     try:
         with stops.surfacing():
             program = torch.onnx.export(
-                with_features(batchnorm_before_pool(model)),
+                exported,
                 (example,),
                 dynamo=True,
                 opset_version=opset,
                 input_names=["images"],
-                output_names=["logits", "features"],
+                output_names=output_names,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 verbose=False,
             )

@@ -228,9 +228,10 @@ def test_ctrl_c_during_predict_says_how_to_resume(exported, tmp_path, noise_pngs
     deadline = time.time() + 60
     while time.time() < deadline and (not rows.exists() or rows.stat().st_size < 2000):
         time.sleep(0.01)
+    written = rows.stat().st_size if rows.exists() else 0
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, f"the signal came after {written} bytes of rows: {stderr[-300:]}"
     assert "--resume" in stderr.splitlines()[-1] and str(rows) in stderr.splitlines()[-1]
 
 
