@@ -42,8 +42,7 @@ def classify_batch(
     classifier, files: list[str], batch_size: int, top_k: int, min_confidence: float, file_system=LOCAL
 ) -> list[Row]:
     """Read and decode these files and classify those that decode, all on the calling thread: one
-    row per file, in order. The batch is padded to the next power of two (at most batch_size):
-    ONNX Runtime keeps memory for every new input shape it sees, so the shapes stay few."""
+    row per file, in order."""
     classes, size = classifier.info.classes, classifier.info.input_size
     rows, pixels = [], []
     for path, data in zip(map(str, files), file_system.read(files), strict=True):
@@ -56,15 +55,27 @@ def classify_batch(
             rows.append(Row(path, error=str(error).removeprefix(f"{path}: ")))
     if not pixels:
         return rows
-    batch = np.stack(pixels)
-    shape = min(batch_size, 1 << (len(batch) - 1).bit_length())
-    padded = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), np.uint8)])
-    probabilities = softmax(classifier.predict_logits(padded)[: len(batch)] / classifier.info.temperature)
-    ranked = np.argsort(-probabilities, axis=1)[:, :top_k]
-    decoded = [row for row in rows if not row.error]
-    for row, order, probs in zip(decoded, ranked, probabilities, strict=True):
-        row.label, row.confidence = classes[order[0]], float(probs[order[0]])
-        if row.confidence < min_confidence:
-            row.label = UNSURE
-        row.top_k = tuple((classes[i], float(probs[i])) for i in order)
+    probabilities = batch_probabilities(classifier, np.stack(pixels), batch_size)
+    for row, probs in zip([row for row in rows if not row.error], probabilities, strict=True):
+        label_row(row, probs, classes, top_k, min_confidence)
     return rows
+
+
+def batch_probabilities(classifier, batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class probabilities of decoded images (softmax at the model's temperature). The batch is
+    padded to the next power of two (at most batch_size): ONNX Runtime keeps memory for every new
+    input shape it sees, so the shapes stay few."""
+    shape = max(len(batch), min(batch_size, 1 << (len(batch) - 1).bit_length()))
+    padded = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), np.uint8)])
+    return softmax(classifier.predict_logits(padded)[: len(batch)] / classifier.info.temperature)
+
+
+def label_row(row: Row, probabilities: np.ndarray, classes: list[str], top_k: int, min_confidence: float) -> Row:
+    """Fill a row from its image's probabilities: the top class (UNSURE below min_confidence),
+    its confidence and the top_k classes."""
+    order = np.argsort(-probabilities)[:top_k]
+    row.label, row.confidence = classes[order[0]], float(probabilities[order[0]])
+    if row.confidence < min_confidence:
+        row.label = UNSURE
+    row.top_k = tuple((classes[i], float(probabilities[i])) for i in order)
+    return row

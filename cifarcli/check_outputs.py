@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cifarcli.checkpoint import atomic_write
+from cifarcli.checkpoint import atomic_write, check_can_write
 from cifarcli.findings import findings_csv
 
 FINDINGS_FILE = "findings.csv"
@@ -43,6 +43,12 @@ def picture(findings: list, pixels: dict) -> "Image.Image | None":
     for index, drawn in enumerate(cells):
         canvas.paste(drawn, ((index % COLUMNS) * (width + 8), (index // COLUMNS) * (height + 8)))
     return canvas
+
+
+def check_outputs_writable(folder: "Path | None") -> None:
+    """Before the check: --out's files could be written (nothing to check without --out)."""
+    if folder is not None:
+        check_can_write(Path(folder) / FINDINGS_FILE)
 
 
 def write_check_outputs(report, folder: Path) -> list[Path]:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import typer
 
-from cifarcli import exits
 from cifarcli import options as opt
 from cifarcli.errors import CifarError, check_finite
-from cifarcli.exits import stops_said, user_errors
+from cifarcli.exits import run_app, stops_said, user_errors
 
 app = typer.Typer(
-    help="Train, evaluate, export and serve a small image classifier, one command each.",
+    help="Check data, train, evaluate, export, predict and serve a small image classifier, one command each.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -41,8 +40,7 @@ def load_data(data, size, cache_dir, val_fraction=None, exclude=None):
     return dataset
 
 
-# Every file is written atomically: a stop leaves each file whole, the new one or the one before.
-EVERY_FILE_WHOLE = "no file is left half-written"
+EVERY_FILE_WHOLE = "no file is left half-written"  # every write is atomic: a stop leaves each file whole
 
 # ---------------------------------------------------------------- cifar models
 
@@ -136,33 +134,17 @@ def train_command(
 
 
 def train_with_trackers(dataset, model, recipe, context, resumed, log: list[str], display):
-    """Train with the display and the trackers asked for listening, and end the trackers
-    FINISHED, KILLED (Ctrl-C or SIGTERM: say how to resume, exit 130 or 143) or FAILED."""
+    """tracking.train_tracked; a stop says how to resume and exits 130 or 143."""
     from cifarcli import report, stops
-    from cifarcli.distributed import shutdown
     from cifarcli.run_folder import LAST
-    from cifarcli.tracking import Together, end_all, open_trackers
-    from cifarcli.train import train
+    from cifarcli.tracking import train_tracked
 
-    trackers, result = open_trackers(log, context.folder), None
     try:
-        result = train(dataset, model, recipe, context, Together(display, *trackers), resumed)
-        for tracker in trackers:
-            tracker.finish(result)
-        end_all(trackers, "FINISHED")
-        return result
+        return train_tracked(dataset, model, recipe, context, resumed, log, display)
     except (KeyboardInterrupt, stops.Stopped) as stop:
-        display.close()
-        end_all(trackers, "KILLED")
         hint = f"resume with: cifar train --resume {context.folder.path}"
         report.note(f"interrupted; {hint if context.folder.file(LAST).exists() else 'no epoch had completed'}")
         raise typer.Exit(stops.exit_code(stop)) from None
-    except BaseException:
-        end_all(trackers, "FAILED")
-        raise
-    finally:
-        display.close()
-        shutdown(context.ranks, finished=result is not None)
 
 
 # ---------------------------------------------------------------- cifar evaluate
@@ -301,8 +283,7 @@ def predict_command(
 
 
 def engine_rows(run, batch_size: int, workers: int, cluster: "str | None"):
-    """The rows of the run's files from the engine chosen: the Dask cluster at `cluster`, or this
-    machine's `workers` threads."""
+    """The rows of the run's files from the chosen engine: the Dask cluster, or `workers` threads here."""
     work = (run.files, batch_size, run.top_k)
     if cluster:
         from cifarcli.cluster import cluster_rows
@@ -327,14 +308,12 @@ def check_command(
     """Find broken files, structure problems, duplicates and leaks between splits, and likely wrong labels."""
     from cifarcli import report
     from cifarcli.check import run_check
-    from cifarcli.check_outputs import FINDINGS_FILE, write_check_outputs
-    from cifarcli.checkpoint import check_can_write
+    from cifarcli.check_outputs import check_outputs_writable, write_check_outputs
     from cifarcli.hardware import cores
     from cifarcli.report_check import show_check
 
     with user_errors(), stops_said("the data is unchanged; nothing is left half-written"):
-        if out:
-            check_can_write(out / FINDINGS_FILE)
+        check_outputs_writable(out)
         with report.progress_callback() as on_progress:
             result = run_check(data, model, opt.chosen(split) or "all", cores(), on_progress)
         written = write_check_outputs(result, out) if out else []
@@ -346,5 +325,26 @@ def check_command(
         show_check(result, written)
 
 
+# ---------------------------------------------------------------- cifar serve
+
+
+@app.command("serve")
+def serve_command(
+    model: opt.ServeModel = None,
+    host: opt.Host = None,
+    port: opt.Port = None,
+    max_batch: opt.MaxBatch = None,
+    max_wait_ms: opt.MaxWait = None,
+    threads: opt.ServeThreads = None,
+    token_env: opt.TokenEnv = None,
+):
+    """Serve the model over HTTP: a JSON API with dynamic batching, and a web page."""
+    from cifarcli import report
+    from cifarcli.serve import serve
+
+    with user_errors():
+        serve(model, host, port, max_batch, max_wait_ms, threads, token_env, report.note)
+
+
 def main():
-    exits.run_app(app, prog_name="cifar")
+    run_app(app, prog_name="cifar")

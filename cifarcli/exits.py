@@ -17,7 +17,8 @@ from cifarcli.errors import CifarError, first_line
 OPTIONAL_PACKAGES = {
     "torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "plots",
     "tensorboard": "tensorboard", "mlflow": "mlflow", "distributed": "dask", "dask": "dask", "fsspec": "dask",
-    "s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure", "aiohttp": "http",
+    "s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure", "aiohttp": "http", "starlette": "serve", "uvicorn": "serve",
+    "multipart": "serve",
 }  # fmt: skip
 HELP_MIN_WIDTH = 80  # columns: the widest option name and its type stay whole in --help
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader (`| head`) stopped reading, as a shell reports it

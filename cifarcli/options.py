@@ -24,6 +24,7 @@ from cifarcli.int8 import CALIBRATION_IMAGES, INT8_MAX_LOSS
 from cifarcli.models import DEFAULT_MODEL
 from cifarcli.onnx_model import DEFAULT_OPSET, OLDEST_OPSET
 from cifarcli.run import DEVICES, PRECISIONS
+from cifarcli.serve import DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, DEFAULT_PORT
 from cifarcli.tracking import TRACKERS
 
 
@@ -260,4 +261,32 @@ CheckOut = Annotated[
 Exclude = Annotated[
     Path | None,
     typer.Option(help="Train without the files this list names: a findings.csv of `cifar check`, or one path a line."),
+]
+
+# ---------------------------------------------------------------- cifar serve
+
+ServeModel = Annotated[
+    Path | None,
+    typer.Argument(help="An .onnx model, or default / default.int8. Default: the bundled model predict picks."),
+]
+Host = Annotated[
+    str | None, typer.Option(help=f"The address to listen on. Default: {DEFAULT_HOST} (this machine only).")
+]
+Port = Annotated[int | None, typer.Option(help=f"The port. Default: {DEFAULT_PORT}.", min=0, max=65535)]
+MaxBatch = Annotated[
+    int | None,
+    typer.Option(help=f"Images run through the model together at most. Default: {DEFAULT_MAX_BATCH}.", min=1),
+]
+MaxWait = Annotated[
+    float | None,
+    typer.Option(
+        "--max-wait-ms", help=f"How long a batch waits for more images. Default: {DEFAULT_MAX_WAIT_MS:g}.", min=0
+    ),
+]
+ServeThreads = Annotated[
+    int | None, typer.Option(help="Decoding threads and ONNX Runtime's threads. Default: one per core.", min=1)
+]
+TokenEnv = Annotated[
+    str | None,
+    typer.Option(help="The environment variable holding a token that every API request must send as a bearer token."),
 ]

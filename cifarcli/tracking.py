@@ -192,3 +192,29 @@ def log_evaluation(evaluation, run_id: "str | None", model: Path, pictures: list
             for path in [metrics, *pictures]:
                 mlflow.log_artifact(str(path), artifact_path=prefix)
     return run_id
+
+
+def train_tracked(dataset, model: str, recipe, context, resumed, log: list[str], display):
+    """Train with the display and the trackers asked for (--log) listening, and end the trackers
+    FINISHED, KILLED (Ctrl-C or SIGTERM, raised again) or FAILED."""
+    from cifarcli import stops
+    from cifarcli.distributed import shutdown
+    from cifarcli.train import train
+
+    trackers, result = open_trackers(log, context.folder), None
+    try:
+        result = train(dataset, model, recipe, context, Together(display, *trackers), resumed)
+        for tracker in trackers:
+            tracker.finish(result)
+        end_all(trackers, "FINISHED")
+        return result
+    except (KeyboardInterrupt, stops.Stopped):
+        display.close()
+        end_all(trackers, "KILLED")
+        raise
+    except BaseException:
+        end_all(trackers, "FAILED")
+        raise
+    finally:
+        display.close()
+        shutdown(context.ranks, finished=result is not None)
