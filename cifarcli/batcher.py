@@ -3,7 +3,8 @@ Runtime session together, up to max_batch images or max_wait_ms after the first 
 
 Requests put decoded images on a bounded queue (full: Overloaded, which the server answers 503);
 one asyncio task gathers a batch and hands it to the one inference thread; each image's future
-gets its probabilities. ServerMetrics counts what /metrics reports, in Prometheus' text format.
+gets its probabilities. A batch waits for more images only while some are still being decoded
+(`incoming`): a lone request is never held back. ServerMetrics counts what /metrics reports, in Prometheus' text format.
 """
 
 import asyncio
@@ -70,6 +71,7 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_BATCHES * max_batch)
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.task: asyncio.Task | None = None
+        self.incoming = 0  # images of requests being decoded, soon to be submitted
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run())
@@ -97,7 +99,7 @@ class Batcher:
                 batch.append(self.queue.get_nowait())
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not self.incoming:
                 break
             try:
                 batch.append(await asyncio.wait_for(self.queue.get(), remaining))

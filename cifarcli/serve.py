@@ -104,13 +104,16 @@ def build_app(classifier, max_batch: int = 32, max_wait_ms: float = 5, threads: 
     state = {}
 
     async def classify(name: str, data: bytes, top_k: int, min_confidence: float) -> Row:
-        loop = asyncio.get_running_loop()
+        loop, batcher = asyncio.get_running_loop(), state["batcher"]
+        batcher.incoming += 1
         try:
             pixels = await loop.run_in_executor(decoding, decode, data, name, size)
         except ImageDecodeError as error:
             metrics.image_errors += 1
             return Row(name, error=str(error).removeprefix(f"{name}: "))
-        probabilities = await state["batcher"].submit(pixels)
+        finally:
+            batcher.incoming -= 1
+        probabilities = await batcher.submit(pixels)
         metrics.images += 1
         return label_row(Row(name), probabilities, classes, top_k, min_confidence)
 
