@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,9 +56,11 @@ async def client(port: int, bodies: list[bytes], latencies: list, answers: list)
     """One keep-alive connection: each body POSTed in turn, its latency and (status, rows) kept."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for body in bodies:
-        head = f"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n"
+        )
         started = time.perf_counter()
-        writer.write(head.encode() + body)
+        writer.write(head.encode() + b"\r\n" + body)
         status_line = await reader.readline()
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -121,7 +122,8 @@ def main() -> None:
                 seconds, latencies, answers = asyncio.run(load(port, bodies[:count], clients))
                 after = batch_totals(url)
                 runs[str(clients)] = {
-                    "images_per_s": round(count / seconds), "ratio_to_predict": round(count / seconds / predict_rate, 3),
+                    "images_per_s": round(count / seconds),
+                    "ratio_to_predict": round(count / seconds / predict_rate, 3),
                     "p50_ms": round(1000 * percentile(latencies, 0.5), 2),
                     "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
                     "mean_batch": round((after[0] - before[0]) / max(after[1] - before[1], 1), 2),
