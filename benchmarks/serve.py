@@ -1,6 +1,6 @@
 """`cifar serve` under load: concurrent clients sending single CIFAR JPEGs, against `cifar predict`.
 
-    python benchmarks/serve.py [--clients 1 8 64] [--requests 3000] [--soak 10000]
+    python benchmarks/serve.py [--clients 1 8 64] [--requests 10000] [--soak 10000]
 
 Starts `cifar serve` (the bundled model it picks, its default batching) and, for each client
 count, that many asyncio clients, each one keep-alive connection sending one test JPEG per
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--soak", type=int, default=10000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
