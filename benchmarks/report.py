@@ -330,6 +330,28 @@ def check_table() -> list[str]:
     ])  # fmt: skip
 
 
+def serve_table() -> list[str]:
+    """Per machine kind, the newest load test of `cifar serve`: each client count, then the soak."""
+    items = []
+    for row in newest_each(load("serve"), "kind"):
+        items += [(row, clients, figures) for clients, figures in row["clients"].items()]
+
+    def soak(row):
+        figures = row["soak"]
+        return (
+            f"{figures['requests']:,} requests, {figures['status_5xx']} 5xx, {figures['error_rows']} error rows for "
+            f"{figures['bad_sent']} bad files, RSS {figures['rss_mb_before']} -> {figures['rss_mb_after']} MB"
+        )
+
+    return table(items, [
+        ("machine", lambda item: machine_kind(item[0]["machine"])), ("date", lambda item: item[0]["date"]),
+        ("clients", lambda item: item[1]), ("images/s", lambda item: number(item[2]["images_per_s"])),
+        ("÷ cifar predict", lambda item: f"{item[2]['ratio_to_predict']:.2f} of {item[0]['predict_images_per_s']:,}/s"),
+        ("p50 / p99 ms", lambda item: f"{item[2]['p50_ms']:.1f} / {item[2]['p99_ms']:.1f}"),
+        ("mean batch", lambda item: f"{item[2]['mean_batch']:.1f}"), ("soak", lambda item: soak(item[0])),
+    ])  # fmt: skip
+
+
 def machines_table() -> list[str]:
     everything = [row for path in sorted(RESULTS.glob("*.jsonl")) for row in load(path.stem)]
 
@@ -350,6 +372,7 @@ TABLES = {
     "machines": machines_table, "training": training_table, "candidates": candidates_table,
     "step_costs": step_cost_table, "export": export_table, "predict": predict_table, "scaling": scaling_table,
     "stages": stages_table, "portability": portability_table, "startup": startup_table, "check": check_table,
+    "serve": serve_table,
 }  # fmt: skip
 
 
