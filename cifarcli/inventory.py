@@ -4,13 +4,16 @@ without an image extension), since those are what a check reports.
 
 Layouts, as `--data` reads them (data.py): ROOT/train/<class>/*, ROOT/test/<class>/* (and the
 same inside one top folder of a .tar.gz/.tgz/.zip), or ROOT/<class>/*, whose files have no split
-of their own (split ""). Classes are matched by name, never by order.
+of their own (split ""). Classes are matched by name, never by order. The official CIFAR-10
+batches (cifar-10-python.tar.gz or its cifar-10-batches-py/) hold pixels, not files: each image
+is `train[i]` or `test[i]` (i its place in the official order) and reads as a PNG of its pixels.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from cifarcli.cifar_batches import read_cifar_batches
 from cifarcli.data import ARCHIVE_SUFFIXES, SPLITS, open_archive
 from cifarcli.errors import CifarError
 
@@ -92,11 +95,35 @@ def empty_class_folders(folders: list[str], entries: list[Entry], top: str) -> l
     return sorted(set(empty))
 
 
+def batches_inventory(read_member, source: str) -> Inventory:
+    """The official batches' images as entries named split[index], each read as a PNG."""
+    import io
+
+    from PIL import Image
+
+    (train, train_labels), (test, test_labels), classes = read_cifar_batches(read_member, source, 32)
+    pixels = {}
+    entries = []
+    for split, images, labels in (("train", train, train_labels), ("test", test, test_labels)):
+        for index, label in enumerate(labels):
+            entries.append(Entry(split, classes[label], f"{split}[{index}]"))
+            pixels[f"{split}[{index}]"] = images[index]
+
+    def read(name: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[name]).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+    return Inventory(source, entries, read)
+
+
 def take_inventory(source: "str | Path") -> Inventory:
     """Every file of a folder or an archive (read into memory once, in its own order)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise CifarError(f"{source}: no such file or folder")
+    if path.is_dir() and (path / "data_batch_1").exists():
+        return batches_inventory(lambda member: (path / member).read_bytes(), str(path))
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
         folders = [str(p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_dir()]
@@ -107,6 +134,10 @@ def take_inventory(source: "str | Path") -> Inventory:
     if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise CifarError(f"{source}: not a folder or a .tar.gz/.tgz/.zip of one; give the data's folder")
     with open_archive(path) as (names, read):
+        batches = [name for name in names if name.endswith("cifar-10-batches-py/data_batch_1")]
+        if batches:
+            prefix = batches[0][: -len("data_batch_1")]
+            return batches_inventory(lambda member: read(prefix + member), str(path))
         contents = {name: read(name) for name in names}
     folders = sorted({str(parent) for name in contents for parent in PurePosixPath(name).parents if str(parent) != "."})
     entries, hidden, stray = sort_entries(list(contents), str(path), folders)

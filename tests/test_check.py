@@ -149,3 +149,18 @@ def test_train_exclude_leaves_the_listed_files_out_and_records_it(image_folder, 
 def test_an_unreadable_exclusion_list_is_one_line(image_folder, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(image_folder), "--exclude", str(tmp_path / "none.csv")])
     assert result.exit_code == 2 and "--exclude" in result.output and "Traceback" not in result.output
+
+
+def test_the_official_batches_are_checked_image_by_image(tmp_path):
+    from tests.test_data import write_batches_folder
+
+    folder = tmp_path / "cifar-10-batches-py"
+    write_batches_folder(folder)  # 5 training batches of 4 images, a test batch of 6
+    result = runner.invoke(app, ["check", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["files"] == 26
+    assert sum(report["class_counts"]["train"].values()) == 20 and sum(report["class_counts"]["test"].values()) == 6
+    per_image = [finding for finding in report["findings"] if finding["kind"] != "structure"]
+    assert all(finding["path"].split("[")[0] in ("train", "test") for finding in per_image)
+    assert report["counts"]["files"] == {}
