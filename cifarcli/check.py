@@ -103,7 +103,7 @@ def inspect_batch(inventory: Inventory, entries: list[Entry], classifier) -> tup
         except OSError as error:
             found.append(Finding("files", "unreadable", entry.path, detail=str(error)))
             continue
-        image, problems = inspect_file(entry.path, data, classifier.info.input_size)
+        image, problems = inspect_file(entry.path, data, classifier.info.input_size, inventory.named_files)
         found += problems
         if image is not None:
             usable.append(index)

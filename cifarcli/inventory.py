@@ -35,6 +35,7 @@ class Inventory:
     hidden: list[str] = field(default_factory=list)  # hidden files and folders' files
     stray: list[str] = field(default_factory=list)  # files outside any class folder
     empty_classes: list[tuple[str, str]] = field(default_factory=list)  # (split, class) folders without files
+    named_files: bool = True  # False for the official batches: their images have no file names to check
 
     def classes(self, split: str) -> list[str]:
         return sorted({entry.label for entry in self.entries if entry.split == split})
@@ -114,7 +115,7 @@ def batches_inventory(read_member, source: str) -> Inventory:
         Image.fromarray(pixels[name]).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
 
-    return Inventory(source, entries, read)
+    return Inventory(source, entries, read, named_files=False)
 
 
 def take_inventory(source: "str | Path") -> Inventory:
