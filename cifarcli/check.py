@@ -176,8 +176,35 @@ def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]]) 
     return found
 
 
-def run_check(source, model=None, split: str = "all", threads: int = 1, on_progress=None) -> CheckReport:
-    started, on_progress = time.perf_counter(), on_progress or NO_PROGRESS
+@dataclass(frozen=True)
+class FoldsPlan:
+    """--folds: label issues of the training split from `folds` models of a registered recipe."""
+
+    folds: int
+    model: str  # a registry name
+    settings: dict = field(default_factory=dict)  # recipe overrides, as --set gives them
+
+    @classmethod
+    def from_options(cls, folds, model, settings) -> "FoldsPlan | None":
+        """The plan of --folds, --folds-model (default: the default model) and --set; None without --folds."""
+        from cifarcli.models import DEFAULT_MODEL, get_model_entry
+        from cifarcli.recipes import parse_recipe_settings
+
+        if not folds:
+            return None
+        get_model_entry(model or DEFAULT_MODEL)  # an unknown name fails here, before the check
+        return cls(folds, model or DEFAULT_MODEL, parse_recipe_settings(settings or []))
+
+
+def run_check(
+    source, model=None, split: str = "all", threads: "int | None" = None, on_progress=None, folds=None,
+    on_note=None,
+) -> CheckReport:  # fmt: skip
+    """Check a data set (see the module's docstring) on `threads` workers (default: one per core);
+    folds (a FoldsPlan) also checks the training split's labels; on_note(line) hears its estimate."""
+    from cifarcli.hardware import cores
+
+    started, on_progress, threads = time.perf_counter(), on_progress or NO_PROGRESS, threads or cores()
     inventory = take_inventory(source)
     entries = chosen_entries(inventory, split)
     classifier = open_check_model(model, threads=1)  # one ONNX Runtime thread per worker
@@ -194,6 +221,8 @@ def run_check(source, model=None, split: str = "all", threads: int = 1, on_progr
         twins = [(entry.split, entry.label, entry.path) for entry in kept]
         findings += find_duplicates(twins, images, inspected.digests, inspected.features, logits)
         findings += test_label_issues(classifier, kept, inspected.label_logits, notes)
+        if folds:
+            findings += training_label_issues(kept, images, folds, on_progress, on_note or NO_PROGRESS)
         pixels = {entry.path: image for entry, image in zip(kept, images, strict=True)}
     seconds = time.perf_counter() - started
     return CheckReport(
@@ -215,3 +244,16 @@ def test_label_issues(classifier, kept: list[Entry], logits: np.ndarray, notes: 
     labels = np.array([classes.index(kept[index].label) for index in test])
     probabilities = softmax(logits[test].astype(np.float64) / classifier.info.temperature)
     return label_issues(probabilities, labels, classes, [kept[index].path for index in test])
+
+
+def training_label_issues(kept: list[Entry], images: np.ndarray, plan: FoldsPlan, on_progress, on_note) -> list:
+    """Label issues of the training split (of the whole set when it has no splits) from
+    out-of-fold probabilities; classes by name, as the folders give them."""
+    from cifarcli.folds import out_of_fold_logits
+
+    chosen = [index for index, entry in enumerate(kept) if entry.split in ("train", "")]
+    classes = sorted({kept[index].label for index in chosen})
+    labels = np.array([classes.index(kept[index].label) for index in chosen])
+    logits = out_of_fold_logits(images[chosen], labels, classes, plan.folds, plan.model, plan.settings, on_progress,
+                                on_note)  # fmt: skip
+    return label_issues(softmax(logits.astype(np.float64)), labels, classes, [kept[index].path for index in chosen])

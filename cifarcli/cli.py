@@ -31,8 +31,7 @@ def load_data(data, size, cache_dir, val_fraction=None, exclude=None):
 
     with report.progress_callback() as on_progress:
         dataset = load_dataset(data, size, cache_dir, on_progress, val_fraction, cores(), exclude)
-    for message in dataset.notes:
-        report.note(message)
+    report.notes(dataset.notes)
     if dataset.skipped:
         report.note(f"skipped {len(dataset.skipped)} unreadable image(s), first: {dataset.skipped[0]}")
     if exclude:
@@ -263,8 +262,7 @@ def predict_command(
                 storage_options=parse_storage_options(storage_options), shard=parse_shard(shard), overwrite=overwrite,
                 on_listing=lambda count, finished: on_progress("listing files", count, count if finished else None),
             )  # fmt: skip
-        for message in run.notes:
-            report.note(message)
+        report.notes(run.notes)
         summary = Summary(keep_all=as_json)
         try:
             with report.PredictDisplay(len(run.files)) as display, stops.stop_on_sigterm():
@@ -303,22 +301,24 @@ def check_command(
     model: opt.CheckModel = None,
     split: opt.CheckSplit = None,
     out: opt.CheckOut = None,
+    folds: opt.Folds = None,
+    folds_model: opt.FoldsModel = None,
+    settings: opt.Settings = None,
     as_json: opt.Json = False,
 ):
     """Find broken files, structure problems, duplicates and leaks between splits, and likely wrong labels."""
     from cifarcli import report
-    from cifarcli.check import run_check
+    from cifarcli.check import FoldsPlan, run_check
     from cifarcli.check_outputs import check_outputs_writable, write_check_outputs
-    from cifarcli.hardware import cores
     from cifarcli.report_check import show_check
 
     with user_errors(), stops_said("the data is unchanged; nothing is left half-written"):
         check_outputs_writable(out)
         with report.progress_callback() as on_progress:
-            result = run_check(data, model, opt.chosen(split) or "all", cores(), on_progress)
+            plan = FoldsPlan.from_options(folds, folds_model, settings)
+            result = run_check(data, model, opt.chosen(split) or "all", None, on_progress, plan, report.note)
         written = write_check_outputs(result, out) if out else []
-    for message in result.notes:
-        report.note(message)
+    report.notes(result.notes)
     if as_json:
         report.print_json(result.to_dict())
     else:

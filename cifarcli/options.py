@@ -255,6 +255,20 @@ CheckModel = Annotated[
     ),
 ]
 CheckSplit = Annotated[CheckSplitChoice | None, typer.Option(help="The split to check. Default: all.")]
+Folds = Annotated[
+    int | None,
+    typer.Option(
+        help="Also check the training split's labels: train K models of --folds-model, each scoring the fold it "
+        "never saw (needs cifarcli\\[train]; says its time first).",
+        min=2,
+    ),
+]
+FoldsModel = Annotated[
+    str | None,
+    typer.Option(
+        help=f"The registered model whose recipe --folds trains (see `cifar models`). Default: {DEFAULT_MODEL}."
+    ),
+]
 CheckOut = Annotated[
     Path | None, typer.Option(help="Write findings.csv and a picture per kind (duplicates, label issues) here.")
 ]

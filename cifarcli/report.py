@@ -38,6 +38,11 @@ def note(message: str) -> None:
     err.print(escape(message), highlight=False, soft_wrap=True)
 
 
+def notes(messages: list[str]) -> None:
+    for message in messages:
+        note(message)
+
+
 def print_json(value) -> None:
     """Standard JSON on stdout, nothing else there: a figure that does not exist (NaN) is null."""
 

@@ -164,3 +164,18 @@ def test_the_official_batches_are_checked_image_by_image(tmp_path):
     per_image = [finding for finding in report["findings"] if finding["kind"] != "structure"]
     assert all(finding["path"].split("[")[0] in ("train", "test") for finding in per_image)
     assert report["counts"]["files"] == {}
+
+
+@pytest.mark.slow
+def test_folds_find_a_wrong_label_in_the_training_split(streaks_model, tmp_path):
+    root = clean_folder(tmp_path / "data", np.random.default_rng(11))
+    wrong = root / "train" / "disc" / "wrong.png"
+    Image.fromarray(unique_image("vertical", np.random.default_rng(12), smear=31)).save(wrong)
+    arguments = ["check", str(root), "--model", str(streaks_model), "--folds", "2", "--folds-model", "tutorial",
+                 "--set", "epochs=30", "--set", "batch_size=32", "--set", "lr=0.05", "--json"]  # fmt: skip
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "--folds 2: training 2 models of tutorial" in result.stderr and "min here" in result.stderr
+    issues = [f for f in json.loads(result.stdout)["findings"] if f["problem"] == "likely mislabelled"]
+    training = [f for f in issues if f["path"].startswith("train/")]
+    assert training and training[0]["path"] == "train/disc/wrong.png" and training[0]["suggested"] == "vertical"
