@@ -197,15 +197,17 @@ class FoldsPlan:
 
 
 def run_check(
-    source, model=None, split: str = "all", threads: "int | None" = None, on_progress=None, folds=None,
-    on_note=None,
+    source, model=None, split: "str | None" = None, threads: "int | None" = None, on_progress=None, folds=None,
+    on_note=None, storage_options: "str | None" = None,
 ) -> CheckReport:  # fmt: skip
-    """Check a data set (see the module's docstring) on `threads` workers (default: one per core);
-    folds (a FoldsPlan) also checks the training split's labels; on_note(line) hears its estimate."""
+    """Check a data set's split (default: all) on `threads` workers (default: one per core); folds
+    (a FoldsPlan) also checks the training split's labels, and on_note(line) hears its estimate;
+    storage_options: the JSON of a URL's fsspec options."""
     from cifarcli.hardware import cores
+    from cifarcli.sources import parse_storage_options
 
     started, on_progress, threads = time.perf_counter(), on_progress or NO_PROGRESS, threads or cores()
-    inventory = take_inventory(source)
+    inventory, split = take_inventory(source, parse_storage_options(storage_options)), split or "all"
     entries = chosen_entries(inventory, split)
     classifier = open_check_model(model, threads=1)  # one ONNX Runtime thread per worker
     inspected = inspect_files(inventory, entries, classifier, threads, on_progress)

@@ -39,6 +39,16 @@ def load_data(data, size, cache_dir, val_fraction=None, exclude=None):
     return dataset
 
 
+def render(result, as_json: bool, show) -> None:
+    """A command's result: as JSON on stdout (--json, its to_dict() where it has one), else show(result)."""
+    from cifarcli import report
+
+    if as_json:
+        report.print_json(result.to_dict() if hasattr(result, "to_dict") else result)
+    else:
+        show(result)
+
+
 EVERY_FILE_WHOLE = "no file is left half-written"  # every write is atomic: a stop leaves each file whole
 
 # ---------------------------------------------------------------- cifar models
@@ -51,10 +61,7 @@ def models_command(as_json: opt.Json = False):
     from cifarcli.models import REGISTRY, describe_model
 
     rows = [describe_model(name) for name in REGISTRY]
-    if as_json:
-        report.print_json(rows)
-    else:
-        report.show_models(rows)
+    render(rows, as_json, report.show_models)
 
 
 # ---------------------------------------------------------------- cifar train
@@ -126,10 +133,7 @@ def train_command(
         result = train_with_trackers(dataset, model, recipe, context, resumed, log or [], display)
     if not context.ranks.is_main:
         return
-    if as_json:
-        report.print_json(result.to_dict())
-    else:
-        report.show_training_result(result)
+    render(result, as_json, report.show_training_result)
 
 
 def train_with_trackers(dataset, model, recipe, context, resumed, log: list[str], display):
@@ -186,10 +190,7 @@ def evaluate_command(
             pictures = [path for path in written if path.suffix == ".png"]
             report.note(f"logged to MLflow run {log_evaluation(evaluation, run_id, model, pictures)}")
     report.show_evaluation_notes(evaluation, skipped)
-    if as_json:
-        report.print_json(evaluation.to_dict())
-    else:
-        report.show_evaluation(evaluation, written)
+    render(evaluation, as_json, lambda shown: report.show_evaluation(shown, written))
 
 
 # ---------------------------------------------------------------- cifar export
@@ -218,10 +219,7 @@ def export_command(
         info = torch_model.info
         dataset = load_data(data, info.input_size, cache_dir, info.val_fraction or None) if data else None
         result = run_export(torch_model, job, dataset)
-    if as_json:
-        report.print_json(result.to_dict())
-    else:
-        report.show_export(result)
+    render(result, as_json, report.show_export)
 
 
 # ---------------------------------------------------------------- cifar predict
@@ -304,6 +302,7 @@ def check_command(
     folds: opt.Folds = None,
     folds_model: opt.FoldsModel = None,
     settings: opt.Settings = None,
+    storage_options: opt.StorageOptions = None,
     as_json: opt.Json = False,
 ):
     """Find broken files, structure problems, duplicates and leaks between splits, and likely wrong labels."""
@@ -316,13 +315,10 @@ def check_command(
         check_outputs_writable(out)
         with report.progress_callback() as on_progress:
             plan = FoldsPlan.from_options(folds, folds_model, settings)
-            result = run_check(data, model, opt.chosen(split) or "all", None, on_progress, plan, report.note)
+            result = run_check(data, model, opt.chosen(split), None, on_progress, plan, report.note, storage_options)
         written = write_check_outputs(result, out) if out else []
     report.notes(result.notes)
-    if as_json:
-        report.print_json(result.to_dict())
-    else:
-        show_check(result, written)
+    render(result, as_json, lambda shown: show_check(shown, written))
 
 
 # ---------------------------------------------------------------- cifar serve

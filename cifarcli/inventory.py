@@ -7,6 +7,8 @@ same inside one top folder of a .tar.gz/.tgz/.zip), or ROOT/<class>/*, whose fil
 of their own (split ""). Classes are matched by name, never by order. The official CIFAR-10
 batches (cifar-10-python.tar.gz or its cifar-10-batches-py/) hold pixels, not files: each image
 is `train[i]` or `test[i]` (i its place in the official order) and reads as a PNG of its pixels.
+A URL (s3://, gs://, ...) is a folder that fsspec lists and reads (sources.FileSystem), its
+files read once, into memory.
 """
 
 from collections.abc import Callable
@@ -118,8 +120,28 @@ def batches_inventory(read_member, source: str) -> Inventory:
     return Inventory(source, entries, read, named_files=False)
 
 
-def take_inventory(source: "str | Path") -> Inventory:
-    """Every file of a folder or an archive (read into memory once, in its own order)."""
+def remote_inventory(url: str, storage_options: dict) -> Inventory:
+    """Every file below a URL, read through fsspec."""
+    from cifarcli.errors import first_line
+    from cifarcli.sources import FileSystem, protocol_of
+
+    fs = FileSystem(protocol_of(url), storage_options).fsspec()
+    root = fs._strip_protocol(url).rstrip("/")
+    try:
+        files = [fs._strip_protocol(name)[len(root) + 1 :] for name in fs.find(root)]
+        fetched = {fs._strip_protocol(key): value for key, value in fs.cat([f"{root}/{n}" for n in files]).items()}
+        contents = {name: fetched[f"{root}/{name}"] for name in files}
+    except Exception as error:  # each store raises its own types: credentials, endpoint, network
+        raise CifarError(f"{url}: cannot read it ({first_line(error)}); check the URL and --storage-options") from None
+    folders = sorted({str(parent) for name in contents for parent in PurePosixPath(name).parents if str(parent) != "."})
+    entries, hidden, stray = sort_entries(list(contents), url, folders)
+    return Inventory(url, entries, contents.__getitem__, hidden, stray)
+
+
+def take_inventory(source: "str | Path", storage_options: "dict | None" = None) -> Inventory:
+    """Every file of a folder, an archive or a URL (read into memory once, in its own order)."""
+    if "://" in str(source):
+        return remote_inventory(str(source), storage_options or {})
     path = Path(source).expanduser()
     if not path.exists():
         raise CifarError(f"{source}: no such file or folder")

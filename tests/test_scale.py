@@ -134,3 +134,37 @@ def test_a_dask_cluster_gives_the_local_rows_and_loses_none_when_a_worker_dies(n
         for process in [*workers, scheduler]:
             process.kill()
             process.wait(timeout=30)
+
+
+def test_check_reads_a_folder_on_s3_as_it_reads_a_local_one(s3_server, image_folder, tmp_path):
+    import boto3
+
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")  # fmt: skip
+    s3.create_bucket(Bucket="data")
+    local = tmp_path / "shapes"
+    for path in sorted(image_folder.rglob("*.png"))[::10]:
+        target = local / path.relative_to(image_folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    first = sorted((local / "train" / "disc").iterdir())[0]
+    (local / "train" / "disc" / "copy.png").write_bytes(first.read_bytes())
+    (local / "train" / "disc" / "notes.png").write_text("not an image")
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), "data", f"shapes/{path.relative_to(local).as_posix()}")
+    options = json.dumps({"endpoint_url": s3_server})
+    remote = cifar("check", "s3://data/shapes", "--storage-options", options, "--json", env=credentials)
+    assert remote.returncode == 0, remote.stderr
+    found = {(f["problem"], f["path"]) for f in json.loads(remote.stdout)["findings"]}
+    here = {(f["problem"], f["path"]) for f in json.loads(cifar("check", local, "--json").stdout)["findings"]}
+    assert found == here and ("not an image", "train/disc/notes.png") in found
+    assert ("exact duplicate", "train/disc/copy.png") in found or (
+        "exact duplicate",
+        first.relative_to(local).as_posix(),
+    ) in found
