@@ -68,22 +68,26 @@ def s3_server():
         server.wait(timeout=30)
 
 
-def test_s3_sources_give_the_rows_a_local_run_gives(s3_server, image_folder, exported):
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3(s3_server):
+    """(a boto3 client of the local S3 server, the environment and --storage-options that reach it)."""
     import boto3
 
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")  # fmt: skip
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")  # fmt: skip
+    return client, S3_CREDENTIALS, json.dumps({"endpoint_url": s3_server})
+
+
+def test_s3_sources_give_the_rows_a_local_run_gives(s3, image_folder, exported):
+    s3, credentials, options = s3
     s3.create_bucket(Bucket="images")
     local = image_folder / "test"
     for path in sorted(local.rglob("*.png")):
         s3.upload_file(str(path), "images", f"shapes/{path.relative_to(local)}")
     s3.put_object(Bucket="images", Key="shapes/.hidden/skipped.png", Body=b"hidden")
-    options = json.dumps({"endpoint_url": s3_server})
     remote = cifar("predict", "s3://images/shapes", "--storage-options", options, "--model", exported, "--json",
                    env=credentials)  # fmt: skip
     assert remote.returncode == 0, remote.stderr
@@ -136,16 +140,8 @@ def test_a_dask_cluster_gives_the_local_rows_and_loses_none_when_a_worker_dies(n
             process.wait(timeout=30)
 
 
-def test_check_reads_a_folder_on_s3_as_it_reads_a_local_one(s3_server, image_folder, tmp_path):
-    import boto3
-
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")  # fmt: skip
+def test_check_reads_a_folder_on_s3_as_it_reads_a_local_one(s3, image_folder, tmp_path):
+    s3, credentials, options = s3
     s3.create_bucket(Bucket="data")
     local = tmp_path / "shapes"
     for path in sorted(image_folder.rglob("*.png"))[::10]:
@@ -158,7 +154,6 @@ def test_check_reads_a_folder_on_s3_as_it_reads_a_local_one(s3_server, image_fol
     for path in sorted(local.rglob("*")):
         if path.is_file():
             s3.upload_file(str(path), "data", f"shapes/{path.relative_to(local).as_posix()}")
-    options = json.dumps({"endpoint_url": s3_server})
     remote = cifar("check", "s3://data/shapes", "--storage-options", options, "--json", env=credentials)
     assert remote.returncode == 0, remote.stderr
     found = {(f["problem"], f["path"]) for f in json.loads(remote.stdout)["findings"]}
