@@ -143,7 +143,7 @@ def inspect_files(inventory: Inventory, entries: list[Entry], classifier, thread
     return inspected
 
 
-def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]]) -> list[Finding]:
+def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]], whole: bool = True) -> list[Finding]:
     """Classes one split lacks, empty classes, class-name near-clashes, imbalance, hidden and stray files."""
     found = []
     if {"train", "test"} <= set(counts):
@@ -170,6 +170,8 @@ def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]]) 
             rarest, largest = min(by_class, key=by_class.get), max(by_class, key=by_class.get)
             detail = f"{largest} {by_class[largest]:,} images, {rarest} {by_class[rarest]:,}"
             found.append(Finding("structure", "imbalanced classes", split or ".", 0.7, detail=detail))
+    if not whole:  # hidden and stray files belong to no split
+        return found
     found += [Finding("structure", "hidden file", path, 0.3, detail="training skips it") for path in inventory.hidden]
     found += [Finding("structure", "file outside a class folder", path, 0.3, detail="training skips it")
               for path in inventory.stray]  # fmt: skip
@@ -216,7 +218,9 @@ def run_check(
     for entry in kept:
         counts.setdefault(entry.split, {}).setdefault(entry.label, 0)
         counts[entry.split][entry.label] += 1
-    findings, notes = inspected.findings + structure_findings(inventory, counts), []
+    findings, notes = inspected.findings + structure_findings(inventory, counts, split == "all"), []
+    if split != "all":
+        notes.append(f"--split {split}: duplicates across splits (leaks) and hidden or stray files need --split all")
     pixels = {}
     if kept:
         images, logits = inspected.pixels, inspected.logits

@@ -5,9 +5,10 @@ image with its given and suggested class). Drawn with Pillow, so they need no ex
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from cifarcli.checkpoint import atomic_write, check_can_write
+from cifarcli.errors import CifarError
 from cifarcli.findings import findings_csv
 
 FINDINGS_FILE = "findings.csv"
@@ -15,7 +16,7 @@ PICTURES = {"duplicates": "duplicates.png", "label issues": "label_issues.png"}
 SHOWN = 24  # most likely findings drawn per picture
 SCALE = 3  # each image drawn this many times its size
 COLUMNS = 4
-CAPTION_HEIGHT = 28
+CAPTION_HEIGHT = 50
 
 
 def cell(finding, pixels: dict) -> Image.Image:
@@ -25,11 +26,14 @@ def cell(finding, pixels: dict) -> Image.Image:
     drawn = Image.new("RGB", (2 * size + 4, size + CAPTION_HEIGHT), "white")
     for place, image in enumerate(images):
         drawn.paste(Image.fromarray(np.asarray(image)).resize((size, size), Image.NEAREST), (place * (size + 4), 0))
+    name = finding.path.rsplit("/", 1)[-1][:28]
     if finding.kind == "label issues":
-        caption = [f"given {finding.given} (p {1 - finding.score:.2f})", f"likely {finding.suggested}"]
+        caption = [name, f"given {finding.given}, p = {1 - finding.score:.2f}", f"likely {finding.suggested}"]
     else:
-        caption = [f"{finding.problem} ({finding.score:.2f})", f"{finding.given} / {finding.suggested}"]
-    ImageDraw.Draw(drawn).multiline_text((2, size + 2), "\n".join(caption), fill="black")
+        caption = [name, f"{finding.problem}, {finding.score:.2f}", f"{finding.given} / {finding.suggested}"]
+    ImageDraw.Draw(drawn).multiline_text(
+        (2, size + 2), "\n".join(caption), fill="black", font=ImageFont.load_default(11)
+    )
     return drawn
 
 
@@ -48,6 +52,8 @@ def picture(findings: list, pixels: dict) -> "Image.Image | None":
 def check_outputs_writable(folder: "Path | None") -> None:
     """Before the check: --out's files could be written (nothing to check without --out)."""
     if folder is not None:
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise CifarError(f"--out {folder}: is a file; give a folder for findings.csv and the pictures")
         check_can_write(Path(folder) / FINDINGS_FILE)
 
 

@@ -242,7 +242,8 @@ Shard = Annotated[
 CheckData = Annotated[
     str,
     typer.Argument(
-        help="An image folder (ROOT/train/<class>, ROOT/test/<class>, or ROOT/<class>) or a .tar.gz/.zip of one."
+        help="An image folder (ROOT/train/<class>, ROOT/test/<class>, or ROOT/<class>), a .tar.gz/.zip of one, the "
+        "official CIFAR-10 batches, or a URL (s3://..., with --storage-options)."
     ),
 ]
 CheckModel = Annotated[

@@ -15,6 +15,7 @@ a request never names a server path or URL. With a token, every request but the 
 import asyncio
 import contextlib
 import hmac
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +65,8 @@ async def uploaded_images(request) -> list[tuple[str, bytes]]:
     if length and length.isdigit() and int(length) > MAX_REQUEST_BYTES:
         raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES // 2**20} MB; send fewer or smaller images")
     kind = request.headers.get("content-type", "")
+    if not kind and length in (None, "0"):
+        raise RequestError(400, "the body is empty; send an image")
     if kind.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=MAX_FILES, max_part_size=MAX_FILE_BYTES)
@@ -170,8 +173,14 @@ def build_app(classifier, max_batch: int = 32, max_wait_ms: float = 5, threads: 
         await state["batcher"].stop()
         decoding.shutdown(wait=False)
 
+    async def not_routed(request, error):  # an unknown path or method: JSON too, and counted
+        message = f"{request.method} {request.url.path}: " + (
+            "no such page" if error.status_code == 404 else "not allowed"
+        )
+        return done(JSONResponse({"error": message}, error.status_code), time.perf_counter())
+
     routes = [Route(path, guarded, methods=methods.get(path, ["GET"])) for path in ROUTES]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_routed, 405: not_routed})
 
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
@@ -225,6 +234,9 @@ def serve(
     wait = DEFAULT_MAX_WAIT_MS if max_wait_ms is None else max_wait_ms
     app = build_app(classifier, batch, wait, threads or cores(), token)
     on_note(f"serving {path.name} at http://{host}:{port} (batches of up to {batch}, {wait:g} ms); Ctrl-C stops")
+    logging.getLogger("python_multipart").setLevel(
+        logging.ERROR
+    )  # a malformed form is the client's 400, not a log line
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     graceful_server(uvicorn.Server)(config).run()
 

@@ -179,3 +179,9 @@ def test_folds_find_a_wrong_label_in_the_training_split(streaks_model, tmp_path)
     issues = [f for f in json.loads(result.stdout)["findings"] if f["problem"] == "likely mislabelled"]
     training = [f for f in issues if f["path"].startswith("train/")]
     assert training and training[0]["path"] == "train/disc/wrong.png" and training[0]["suggested"] == "vertical"
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_check(image_folder, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    result = runner.invoke(app, ["check", str(image_folder), "--out", str(tmp_path / "taken")])
+    assert result.exit_code == 2 and "--out" in result.output and "is a file" in result.output

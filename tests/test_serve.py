@@ -200,3 +200,9 @@ def test_the_page_in_a_real_browser_shows_each_images_class(server, images, tmp_
     threshold = 0.5  # the page's default: below it an image is 'unsure'
     assert shown == [expected[n]["label"] if expected[n]["confidence"] >= threshold else "unsure" for n in chosen]
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_unknown_paths_and_methods_answer_json(server):
+    assert httpx.get(server + "/nothing").json()["error"] == "GET /nothing: no such page"
+    assert httpx.get(server + "/v1/predict").status_code == 405
+    assert httpx.post(server + "/v1/predict").json()["error"] == "the body is empty; send an image"
