@@ -5,7 +5,8 @@
 Checks the bundled model(s) in cifarcli/assets and a default `cifar export` of every registered
 model (its weights as built, untrained: loading and numerics do not depend on training) in
 throwaway virtual environments: the oldest ONNX Runtime we support, the newest one pip offers,
-and OpenCV's DNN module. Each runtime classifies the same 1,000 test images; a row passes when
+and OpenCV's DNN module (asking for the output named "logits": files with a features output have
+two). Each runtime classifies the same 1,000 test images; a row passes when
 it loads the file and its top-1 agrees with this environment's ONNX Runtime on every image.
 One row per file and runtime goes to benchmarks/results/portability.jsonl.
 """
@@ -37,7 +38,7 @@ try:
         logits = []
         for image in batch:
             net.setInput(image[None])
-            logits.append(net.forward()[0])
+            logits.append(net.forward("logits")[0])
         version = cv2.__version__
     else:
         import onnxruntime as ort

@@ -164,7 +164,9 @@ class OnnxClassifier(Classifier):
         from cifarcli.onnx_model import FEATURES
 
         if FEATURES not in self.output_names:
-            raise CifarError(f"{self.source}: has no '{FEATURES}' output (an older export); export it again")
+            raise CifarError(
+                f"{self.source}: has no '{FEATURES}' output; export the checkpoint with `cifar export --features`"
+            )
         logits, features = self.session.run([self.output_names[0], FEATURES], {self.input_name: to_model_input(images)})
         return logits, features
 

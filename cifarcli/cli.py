@@ -203,6 +203,7 @@ def export_command(
     opset: opt.Opset = None,
     data: opt.Data = None,
     int8: opt.Int8 = False,
+    features: opt.Features = False,
     calibration_images: opt.CalibrationImages = None,
     int8_max_loss: opt.Int8MaxLoss = None,
     cache_dir: opt.CacheDir = None,
@@ -215,7 +216,9 @@ def export_command(
 
     with user_errors(), stops_said(EVERY_FILE_WHOLE):
         torch_model = TorchClassifier.from_checkpoint(checkpoint)
-        job = plan_export(torch_model, output, opset, data is not None, int8, calibration_images, int8_max_loss, 0)
+        job = plan_export(
+            torch_model, output, opset, data is not None, int8, calibration_images, int8_max_loss, 0, features
+        )
         info = torch_model.info
         dataset = load_data(data, info.input_size, cache_dir, info.val_fraction or None) if data else None
         result = run_export(torch_model, job, dataset)

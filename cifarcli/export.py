@@ -117,13 +117,14 @@ def with_features(model) -> tuple:
     return WithFeatures().eval(), ["logits", FEATURES]
 
 
-def build_onnx(model, input_size: int, opset: int):
-    """The model as an ONNX ModelProto, in memory."""
+def build_onnx(model, input_size: int, opset: int, features: bool = False):
+    """The model as an ONNX ModelProto, in memory; with features, a second output FEATURES (last:
+    OpenCV's net.forward() answers the last output, so name "logits" there)."""
     import onnx
     import torch
 
     example = torch.rand(2, 3, input_size, input_size)
-    exported, output_names = with_features(batchnorm_before_pool(model))
+    exported, output_names = with_features(batchnorm_before_pool(model)) if features else (model, ["logits"])
     try:
         with stops.surfacing():
             program = torch.onnx.export(
@@ -190,6 +191,7 @@ class ExportJob:
     output: Path  # the fp32 file; --int8's is int8_path_for(output)
     opset: int
     int8: bool
+    features: bool  # a second output, the embeddings `cifar check` compares
     calibration_images: int
     int8_max_loss: float
     threads: int  # ONNX Runtime's intra-op threads (0: its default)
@@ -205,11 +207,14 @@ def export_checkpoint(
     calibration_images: "int | None" = None,
     threads: int = 0,
     int8_max_loss: "float | None" = None,
+    features: bool = False,
 ) -> ExportReport:
     """Export a checkpoint (its path, or loaded as a TorchClassifier) to output, beside the
     checkpoint by default; benchmarks/export.py times the files."""
     torch_model = checkpoint if isinstance(checkpoint, TorchClassifier) else TorchClassifier.from_checkpoint(checkpoint)
-    job = plan_export(torch_model, output, opset, dataset is not None, int8, calibration_images, int8_max_loss, threads)
+    job = plan_export(
+        torch_model, output, opset, dataset is not None, int8, calibration_images, int8_max_loss, threads, features
+    )
     return run_export(torch_model, job, dataset)
 
 
@@ -222,6 +227,7 @@ def plan_export(
     calibration_images: "int | None" = None,
     int8_max_loss: "float | None" = None,
     threads: int = 0,
+    features: bool = False,
 ) -> ExportJob:
     """The ExportJob, once every option is checked and the outputs are shown to be writable;
     options left None take int8.py's and onnx_model.py's defaults."""
@@ -254,6 +260,7 @@ def plan_export(
         output,
         opset or DEFAULT_OPSET,
         int8,
+        features,
         calibration_images or CALIBRATION_IMAGES,
         INT8_MAX_LOSS if int8_max_loss is None else int8_max_loss,
         threads,
@@ -267,7 +274,7 @@ def run_export(torch_model, job: ExportJob, dataset: "Dataset | None") -> Export
     info = torch_model.info
     if dataset is not None and dataset.classes != info.classes:
         raise CifarError(f"--data {dataset.source}: its classes differ from the checkpoint's {info.classes}")
-    proto = build_onnx(torch_model.model, info.input_size, job.opset)
+    proto = build_onnx(torch_model.model, info.input_size, job.opset, job.features)
     onnx_model = OnnxClassifier(described(proto, metadata_for(info, job.export_date)), job.threads, str(job.output))
     images, checked_on = parity_images(dataset, info.input_size)
     expected, actual = torch_model.predict_logits(images), onnx_model.predict_logits(images)

@@ -177,6 +177,14 @@ Opset = Annotated[
     ),
 ]
 Int8 = Annotated[bool, typer.Option("--int8", help="Also write <name>.int8.onnx, statically quantized (needs --data).")]
+Features = Annotated[
+    bool,
+    typer.Option(
+        "--features",
+        help="Add a second output, 'features' (the embeddings `cifar check --model` needs); OpenCV then needs "
+        "net.forward('logits').",
+    ),
+]
 CalibrationImages = Annotated[
     int | None,
     typer.Option(help=f"Training images used to calibrate --int8. Default: {CALIBRATION_IMAGES}.", min=1),
@@ -251,8 +259,8 @@ CheckModel = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="An .onnx model (any `cifar export`) whose features and probabilities the check uses; for label "
-        "issues, trained on the training split. Default: the bundled CIFAR-10 model.",
+        help="An .onnx model (`cifar export --features`) whose features and probabilities the check uses; for "
+        "label issues, trained on the training split. Default: the bundled CIFAR-10 model.",
     ),
 ]
 CheckSplit = Annotated[CheckSplitChoice | None, typer.Option(help="The split to check. Default: all.")]

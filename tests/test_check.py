@@ -56,7 +56,7 @@ def streaks_model(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     result = train(dataset, "tutorial", recipe, prepare_run("cpu", "fp32", run_dir=run_dir))
     assert result.test_acc >= 0.9
-    return export_checkpoint(run_dir / "last.pt", run_dir / "streaks.onnx").path
+    return export_checkpoint(run_dir / "last.pt", run_dir / "streaks.onnx", features=True).path
 
 
 def planted_folder(root):

@@ -7,7 +7,8 @@ split) of a default `cifar train` run, without its optimizer state, kept in the 
 that a rebuild (another opset, a newer exporter) needs no retraining. `--checkpoint` ships
 another run instead and replaces SOURCE with its weights.
 
-Writes cifarcli/assets/default.onnx (fp32) and, through `cifar export --int8`, default.int8.onnx,
+Writes cifarcli/assets/default.onnx (fp32) and, through `cifar export --int8 --features`,
+default.int8.onnx, both with the features output that `cifar check` compares,
 refusing an INT8 model more than MAX_INT8_LOSS below fp32 on the test split.
 """
 
@@ -57,6 +58,7 @@ def main() -> None:
         "--data",
         args.data,
         "--int8",
+        "--features",
         "--json",
     ]
     report = json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout)
