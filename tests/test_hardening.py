@@ -179,7 +179,7 @@ def test_a_stop_that_the_exporter_turns_into_its_own_error_is_still_a_stop():
             return self.conv(x).mean((2, 3))
 
     with pytest.raises(KeyboardInterrupt):
-        build_onnx(InterruptedWhileTraced(), 8, 20)
+        build_onnx(InterruptedWhileTraced().eval(), 8, 20)
 
 
 # ---------------------------------------------------------------- missing extras, bad caches, full disks
