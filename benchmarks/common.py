@@ -8,6 +8,7 @@ BENCHMARKS.md.
 import datetime
 import json
 import platform
+import socket
 import subprocess
 import sys
 import tarfile
@@ -46,6 +47,13 @@ def machine(gpu: "str | None" = None) -> dict:
     name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), default)
     isa = [name_ for name_, needs in INSTRUCTION_SETS.items() if detected_cpu_flags() & set(needs)]
     return {"cpu": name, "cores": cores(), "isa": isa}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def shown(path) -> str:

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import csv
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from common import (
     code_version,
     compile_package,
     decode_images,
+    free_port,
     inference_rate,
     shown,
     unpack_test_split,
@@ -82,12 +82,6 @@ def link_copies(files: list[str], folder: Path, copies: int) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(file, target)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, SHARED_DATA, append_result, code_version, unpack_test_split, whole_command
+from common import ROOT, SHARED_DATA, append_result, code_version, free_port, unpack_test_split, whole_command
 
 sys.path.insert(0, str(ROOT))
 BAD = b"this is not an image\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get(url: str) -> str:
@@ -114,7 +107,7 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.2)
             model = json.loads(get(url + "/v1/model"))["file"]
-            asyncio.run(load(port, bodies[:64], 8))  # warm: sessions, shapes
+            asyncio.run(load(port, bodies[:64], 8))  # warm-up: the model's first input shapes
             runs = {}
             for clients in args.clients:
                 before = batch_totals(url)

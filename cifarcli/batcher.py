@@ -1,5 +1,5 @@
 """Dynamic batching for `cifar serve`: images from concurrent requests run through one ONNX
-Runtime session together, up to max_batch images or max_wait_ms after the first one waits.
+Runtime model together, up to max_batch images or max_wait_ms after the first one waits.
 
 Requests put decoded images on a bounded queue (full: Overloaded, which the server answers 503);
 one asyncio task gathers a batch and hands it to the one inference thread; each image's future

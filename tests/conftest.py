@@ -4,6 +4,7 @@ Two tiers: a test that trains or exports a model (or uses the fixtures that do) 
 `pytest -m "not slow"` runs the rest in about a minute."""
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,13 @@ def plain_terminal(monkeypatch):
     for name in ("FORCE_COLOR", "NO_COLOR", "CIFARCLI_DEBUG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "160")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def draw(kind: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 
 def cifar(*arguments, env=None, timeout=300):
     done = subprocess.run([sys.executable, "-m", "cifarcli", *map(str, arguments)], capture_output=True, text=True,
@@ -23,12 +25,6 @@ def cifar(*arguments, env=None, timeout=300):
 
 def rows_of(stdout: str) -> dict:
     return {row["path"]: (row["label"], row["confidence"]) for row in json.loads(stdout)["rows"]}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port: int, seconds: float = 60) -> None:

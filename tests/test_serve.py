@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import free_port
 from tests.corpus import decompression_bomb, jpeg_bytes
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(*options, env=None):
