@@ -77,10 +77,17 @@ def scaled(inputs, size: int):
     return torch.nn.functional.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True)
 
 
-def epoch_draws(padded, flip_base, recipe: Recipe, epoch: int, size: int, steps: int, batch_size: int, generator):
+def epoch_draws(
+    padded, flip_base, recipe: Recipe, epoch: int, size: int, steps: int, batch_size: int, generator, weights=None
+):
     """An epoch's random order, flip masks and crop offsets, drawn on the CPU generator in that
-    order and moved to the images' device at once: (order, flips, offsets per step or None)."""
-    order = torch.randperm(len(flip_base), generator=generator)
+    order and moved to the images' device at once: (order, flips, offsets per step or None).
+    With per-image weights, the order draws as many images with replacement, by those weights."""
+    count = len(flip_base)
+    if weights is None:
+        order = torch.randperm(count, generator=generator)
+    else:
+        order = torch.multinomial(weights, count, replacement=True, generator=generator)
     flips = flip_masks(recipe.flip, flip_base, epoch, generator)
     offsets = draw_crop_offsets(padded, size, steps, batch_size, generator)
     device = padded.device

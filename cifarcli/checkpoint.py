@@ -62,6 +62,7 @@ class ModelInfo:
     excluded: dict = field(
         default_factory=dict
     )  # files left out by `cifar train --exclude` (findings.exclusion_record)
+    train_counts: list = field(default_factory=list)  # training images per class, in the classes' order
     version: str = __version__  # of the cifarcli that wrote it
     schema: int = MODEL_CARD_SCHEMA  # of this JSON form; from_dict reads older ones
 

@@ -78,6 +78,7 @@ def train_command(
     seed: opt.Seed = None,
     tta: opt.TtaLevel = None,
     precision: opt.Precision = None,
+    balance: opt.Balance = None,
     settings: opt.Settings = None,
     name: opt.RunName = None,
     out: opt.RunsFolder = None,
@@ -103,6 +104,7 @@ def train_command(
     with user_errors():
         check_finite(epochs=epochs, lr=lr, val_fraction=val_fraction)
         options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
+        options["balance"] = opt.chosen(balance)
         overrides = parse_recipe_settings(settings or []) | {k: v for k, v in options.items() if v is not None}
         resumed = open_resumable(resume) if resume is not None else None
         excluded = read_exclusions(exclude) if exclude else []

@@ -36,6 +36,9 @@ class Evaluation:
     macro_precision: "float | None" = None  # the per-class means, over the classes with images in the split
     macro_recall: "float | None" = None
     macro_f1: "float | None" = None
+    balanced_acc: "float | None" = None  # macro_recall: the accuracy were every class equally common
+    worst_class: "str | None" = None  # the class with the lowest recall, and that recall
+    worst_recall: "float | None" = None
     warnings: list[str] = field(default_factory=list)  # what the figures leave out, one line each
 
     def to_dict(self) -> dict:
@@ -89,6 +92,17 @@ def macro_averages(per_class: list[dict]) -> dict:
     present = [row for row in per_class if row["support"]]
     return {f"macro_{key}": round(float(np.mean([row[key] or 0.0 for row in present])), 4) if present else None
             for key in ("precision", "recall", "f1")}  # fmt: skip
+
+
+def recall_summary(per_class: list[dict]) -> dict:
+    """What hides behind accuracy on imbalanced data: the balanced accuracy (the mean recall over
+    the classes with images) and the class with the lowest recall."""
+    present = [row for row in per_class if row["support"]]
+    if not present:
+        return {"balanced_acc": None, "worst_class": None, "worst_recall": None}
+    worst = min(present, key=lambda row: row["recall"])
+    balanced = round(float(np.mean([row["recall"] for row in present])), 4)
+    return {"balanced_acc": balanced, "worst_class": worst["name"], "worst_recall": worst["recall"]}
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -194,5 +208,6 @@ def evaluate(
         reliability=reliability,
         confident_mistakes=most_confident_mistakes(probabilities, data.labels, dataset.classes),
         **macro_averages(per_class),
+        **recall_summary(per_class),
         warnings=warnings,
     )

@@ -20,6 +20,11 @@ class TrainResult:
     classes: list[str]
     confusion: list[list[int]]  # final weights, no TTA, fp32; rows: true class, columns: predicted
     per_class: list[dict]  # from the confusion: name, precision, recall, f1, support
+    balance: str  # as the run resolved it (balance.py)
+    train_counts: list[int]  # training images per class
+    balanced_acc: float  # from per_class: the mean recall
+    worst_class: str  # the class with the lowest recall, and that recall
+    worst_recall: float
 
     def to_dict(self) -> dict:
         """What `cifar train --json` prints."""
@@ -29,7 +34,7 @@ class TrainResult:
 class SilentEvents:
     """Listens and does nothing."""
 
-    def start(self, context, model_name, epochs, steps_per_epoch): ...
+    def start(self, context, model_name, epochs, steps_per_epoch, balance_note): ...
     def epoch_start(self, epoch, steps): ...
     def step(self, step, loss, acc, images_per_s): ...
     def epoch_end(self, row): ...

@@ -32,7 +32,7 @@ class FoldProgress(SilentEvents):
     def __init__(self, description: str, on_progress):
         self.description, self.on_progress, self.done, self.total = description, on_progress, 0, 0
 
-    def start(self, context, model_name, epochs, steps_per_epoch):
+    def start(self, context, model_name, epochs, steps_per_epoch, balance_note):
         self.total = epochs * steps_per_epoch
 
     def step(self, step, loss, acc, images_per_s):

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from cifarcli.balance import AUTO_BALANCE, AUTO_IMBALANCE, BALANCES
 from cifarcli.batches import PREDICT_BATCH
 from cifarcli.bundled import MODELS as BUNDLED_MODELS
 from cifarcli.check import CHECK_SPLITS
@@ -41,6 +42,7 @@ def chosen(value: "Enum | list[Enum] | None"):
 
 
 PrecisionChoice = choices("PrecisionChoice", PRECISIONS)
+BalanceChoice = choices("BalanceChoice", BALANCES)
 DeviceChoice = choices("DeviceChoice", DEVICES)
 SplitChoice = choices("SplitChoice", SPLITS)
 TrackerChoice = choices("TrackerChoice", TRACKERS)
@@ -119,6 +121,15 @@ Precision = Annotated[
     typer.Option(
         help="Training steps' precision (auto: bf16 where the hardware has it natively, fp16 on older GPUs, else "
         "fp32). Accuracy is always scored in fp32. Default: auto."
+    ),
+]
+Balance = Annotated[
+    BalanceChoice | None,
+    typer.Option(
+        help=f"How rare classes are made up for: class weights in the loss (reweight), class-balanced draws "
+        f"(resample) or the class priors added to the logits in the loss (logit-adjust). Default: auto, "
+        f"{AUTO_BALANCE} when the training split's largest class has {AUTO_IMBALANCE:g}x the smallest's images "
+        "or more, else none."
     ),
 ]
 Settings = Annotated[

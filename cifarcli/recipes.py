@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from cifarcli.balance import BALANCES
 from cifarcli.errors import CifarError
 
 
@@ -39,6 +40,7 @@ class Recipe:
     optimizer: str = "sgd"  # "sgd", or "muon": Muon for the convolution filters, SGD for the rest
     muon_lr: float = 0.0  # Muon's step, relative to the filters' norm
     muon_momentum: float = 0.0  # Muon's Nesterov momentum
+    balance: str = "auto"  # making up for rare classes (balance.py); a run records what auto resolved to
     seed: int = 0
 
     def __post_init__(self):
@@ -88,14 +90,16 @@ RECIPE_RULES = {
     "optimizer": (lambda v: v in ("sgd", "muon"), "sgd or muon"),
     "muon_lr": (lambda v: v >= 0, "a step of 0 or more"),
     "muon_momentum": (lambda v: 0 <= v < 1, "a momentum from 0 up to (not including) 1"),
+    "balance": (lambda v: v in BALANCES, ", ".join(BALANCES[:-1]) + " or " + BALANCES[-1]),
     "seed": (lambda v: isinstance(v, int), "an integer"),
 }
 
 
 def upgrade_recipe_fields(recorded: dict) -> dict:
     """A recipe as files of older schemas hold it, in today's fields: one small-crop stage
-    (small_crop, small_crop_epochs) became the crop stages ((size, epochs), ...)."""
-    upgraded = dict(recorded)
+    (small_crop, small_crop_epochs) became the crop stages ((size, epochs), ...); a recipe
+    without a balance trained every image alike ("none")."""
+    upgraded = {"balance": "none", **recorded}
     size, epochs = upgraded.pop("small_crop", None), upgraded.pop("small_crop_epochs", None)
     if "crops" not in upgraded:
         upgraded["crops"] = [[size, epochs]] if size and epochs else []

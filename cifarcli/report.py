@@ -22,6 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from cifarcli.balance import is_imbalanced
+
 out = Console()
 err = Console(stderr=True)
 
@@ -110,15 +112,16 @@ class TrainDisplay:
         self.progress = None
         self.task = None
 
-    def start(self, context, model_name, epochs, steps_per_epoch):
+    def start(self, context, model_name, epochs, steps_per_epoch, balance_note):
+        balance = f"; {escape(balance_note)}" if balance_note else ""
         err.print(
             f"training [bold]{escape(model_name)}[/] for {plural(epochs, 'epoch')} on {escape(context.describe())} -> "
-            f"{escape(str(context.folder.path))}; each epoch's test accuracy is a quick estimate, the last epoch's "
-            "exact (fp32, whole test split)",
+            f"{escape(str(context.folder.path))}{balance}; each epoch's test accuracy is a quick estimate, the last "
+            "epoch's exact (fp32, whole test split)",
             highlight=False,
             soft_wrap=True,
         )
-        self.epochs = epochs
+        self.epochs, self.per_class = epochs, bool(balance_note)
         self.progress = new_progress(
             TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}  {task.fields[rate]:.0f} img/s")
         )
@@ -135,8 +138,10 @@ class TrainDisplay:
             f"epoch {row['epoch']}/{self.epochs}  "
             f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
             f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f} ({scored_on(row)})  "
-            f"{row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
-        )
+            + (escape(f"balanced_acc {row['balanced_acc']:.4f}  worst {row['worst_class']} {row['worst_recall']:.4f}  ")
+               if self.per_class else "")
+            + f"{row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+        )  # fmt: skip
         err.print(line, highlight=False, soft_wrap=True)  # on a terminal, above the live bars: it stays on screen
 
     def close(self):
@@ -169,6 +174,13 @@ def show_training_result(result) -> None:
         f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%} "
         f"(fp32); training {result.train_seconds:.0f} s in {result.precision}"
     )
+    if result.balance != "none" or is_imbalanced(result.train_counts):
+        out.print(
+            f"balanced accuracy {result.balanced_acc:.2%}, worst class {escape(result.worst_class)} "
+            f"{result.worst_recall:.2%} recall; balance {result.balance}, training images per class "
+            f"{min(result.train_counts):,} to {max(result.train_counts):,}",
+            highlight=False,
+        )
     out.print(escape(f"wrote {', '.join(result.written)} to {result.run_dir}"))
 
 
@@ -207,8 +219,9 @@ def show_evaluation(evaluation, written) -> None:
         highlight=False,
     )
     out.print(
-        f"accuracy [bold]{evaluation.accuracy:.2%}[/]  loss {evaluation.loss:.4f}  "
-        f"calibration error (ECE) {evaluation.ece:.2%}"
+        f"accuracy [bold]{evaluation.accuracy:.2%}[/]  balanced accuracy {evaluation.balanced_acc or 0:.2%}  "
+        f"worst class {escape(str(evaluation.worst_class))} {evaluation.worst_recall or 0:.2%} recall  "
+        f"loss {evaluation.loss:.4f}  calibration error (ECE) {evaluation.ece:.2%}"
     )
     table = table_of("Per class", "class|precision>|recall>|F1>|support>")
     for row in evaluation.per_class:

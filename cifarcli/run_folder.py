@@ -9,6 +9,7 @@ the folder belongs to another process (`writes` False: ranks other than 0 under 
 """
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ EXCLUDED = "excluded.txt"  # the files `cifar train --exclude` left out, one pat
 # config.json's schema: 2, the recipe's crop stages (crops); 1 (no "schema" key): one small crop.
 CONFIG_SCHEMA = 2
 HISTORY_FIELDS = [
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_images", "scored_in", "lr", "seconds",
-    "images_per_s",
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "balanced_acc", "worst_class", "worst_recall",
+    "test_images", "scored_in", "lr", "seconds", "images_per_s",
 ]  # fmt: skip
 
 
@@ -75,8 +76,12 @@ class RunFolder:
         return {**config, "schema": CONFIG_SCHEMA, "recipe": upgrade_recipe_fields(config["recipe"])}
 
     def write_history(self, rows: list[dict]) -> None:
-        lines = [",".join(HISTORY_FIELDS)] + [",".join(str(row[key]) for key in HISTORY_FIELDS) for row in rows]
-        self._write(HISTORY, ("\n".join(lines) + "\n").encode())
+        text = io.StringIO()
+        # A row read from an older history.csv lacks the newer columns: they stay empty.
+        writer = csv.DictWriter(text, HISTORY_FIELDS, restval="", extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        self._write(HISTORY, text.getvalue().encode())
 
     def write_held_out(self, names: list[str]) -> None:
         """The test files held out of a ROOT/<class>/* source, one a line; nothing when none."""
@@ -125,9 +130,10 @@ class RunFolder:
         self._write(TRACKING, (json.dumps(values, indent=2) + "\n").encode())
 
     def read_history(self) -> list[dict]:
-        parse = {"epoch": int, "test_images": int, "scored_in": str}
+        parse = {"epoch": int, "test_images": int, "scored_in": str, "worst_class": str}
         with open(self.file(HISTORY), newline="") as file:
-            return [{key: parse.get(key, float)(value) for key, value in row.items()} for row in csv.DictReader(file)]
+            rows = csv.DictReader(file)
+            return [{key: parse.get(key, float)(value) for key, value in row.items() if value != ""} for row in rows]
 
     def _write(self, name: str, data: bytes) -> None:
         if self.writes:

@@ -15,17 +15,19 @@ from cifarcli.checkpoint import ModelInfo, load_checkpoint
 from cifarcli.classifier import EVAL_BATCH, TorchClassifier, predict_in_batches, predict_plain_and_tta_in_batches
 from cifarcli.data import Split
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import accuracy, confusion_matrix, cross_entropy
+from cifarcli.evaluate import accuracy, confusion_matrix, cross_entropy, per_class_metrics, recall_summary
 from cifarcli.run_folder import BEST
 
 EPOCH_TEST_IMAGES = 2000
 
 
-def figures(logits, labels, scored_in: str) -> dict:
+def figures(logits, labels, scored_in: str, classes: list[str]) -> dict:
     """A history row's test columns."""
+    per_class = per_class_metrics(confusion_matrix(labels, logits.argmax(1), len(classes)), classes)
     return {
         "test_loss": round(cross_entropy(logits, labels), 5),
         "test_acc": round(accuracy(logits, labels), 5),
+        **recall_summary(per_class),
         "test_images": len(labels),
         "scored_in": scored_in,
     }
@@ -34,7 +36,8 @@ def figures(logits, labels, scored_in: str) -> dict:
 def estimate(model, info: ModelInfo, sample: Split, context) -> dict:
     """The estimate's test columns: the sample in the run's training precision."""
     estimator = TorchClassifier(model, info, "training", context.device, context.autocast_dtype)
-    return figures(predict_in_batches(estimator, sample.images, EVAL_BATCH), sample.labels, context.precision)
+    logits = predict_in_batches(estimator, sample.images, EVAL_BATCH)
+    return figures(logits, sample.labels, context.precision, info.classes)
 
 
 def exact(model, info: ModelInfo, test: Split, device: str, tta: int) -> tuple[dict, float, list[list[int]]]:
@@ -43,7 +46,7 @@ def exact(model, info: ModelInfo, test: Split, device: str, tta: int) -> tuple[d
     scorer = TorchClassifier(model, info, "training", device)
     plain, with_tta = predict_plain_and_tta_in_batches(scorer, test.images, EVAL_BATCH, tta)
     confusion = confusion_matrix(test.labels, plain.argmax(1), len(info.classes)).tolist()
-    return figures(plain, test.labels, "fp32"), accuracy(with_tta, test.labels), confusion
+    return figures(plain, test.labels, "fp32", info.classes), accuracy(with_tta, test.labels), confusion
 
 
 def finite_loss(loss: float, epoch: int, step: int) -> float:

@@ -65,13 +65,16 @@ def epoch_scalars(row: dict, test_images: int) -> dict:
         "train/acc": row["train_acc"],
         f"{test}/loss": row["test_loss"],
         f"{test}/acc": row["test_acc"],
+        f"{test}/balanced_acc": row["balanced_acc"],
+        f"{test}/worst_recall": row["worst_recall"],
         "lr": row["lr"],
         "images_per_s": row["images_per_s"],
     }
 
 
 def final_scalars(result) -> dict:
-    return {"final/test_acc": result.test_acc, "final/test_acc_tta": result.test_acc_tta}
+    figures = ("test_acc", "test_acc_tta", "balanced_acc", "worst_recall")
+    return {f"final/{name}": getattr(result, name) for name in figures}
 
 
 def recipe_params(config: dict) -> dict:
@@ -97,7 +100,7 @@ class SilentTracker(SilentEvents):
     folder: RunFolder
     config: dict  # config.json, written before the run starts
 
-    def start(self, context, model_name, epochs, steps_per_epoch):
+    def start(self, context, model_name, epochs, steps_per_epoch, balance_note):
         self.config = self.folder.read_config()
 
     def finish(self, result): ...
@@ -154,8 +157,8 @@ class MlflowTracker(SilentTracker):
         self.resumed = run_id is not None
         folder.write_tracking({**folder.read_tracking(), "mlflow_run_id": self.run.info.run_id})
 
-    def start(self, context, model_name, epochs, steps_per_epoch):
-        super().start(context, model_name, epochs, steps_per_epoch)
+    def start(self, context, model_name, epochs, steps_per_epoch, balance_note):
+        super().start(context, model_name, epochs, steps_per_epoch, balance_note)
         if not self.resumed:  # params cannot change once logged
             self.mlflow.log_params(recipe_params(self.config))
 

@@ -18,11 +18,12 @@ import torch
 
 from cifarcli import __version__, scoring, stops
 from cifarcli.augment import augment_batch, crop_size, epoch_draws, reflect_pad, scaled
+from cifarcli.balance import balanced_loss, class_counts, is_imbalanced, resolve_balance, sampling_weights
 from cifarcli.checkpoint import ModelInfo, materialize
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
 from cifarcli.errors import CifarError
-from cifarcli.evaluate import per_class_metrics
+from cifarcli.evaluate import per_class_metrics, recall_summary
 from cifarcli.events import SilentEvents, TrainResult
 from cifarcli.findings import exclusion_record
 from cifarcli.models import channel_mean_std, get_model_entry, whitening_layer
@@ -51,6 +52,7 @@ class Learner:
     optimizers: list
     lookahead: "Lookahead | None"
     scaler: "torch.amp.GradScaler | None"  # fp16 only
+    loss: object  # (logits, targets) -> the mean training loss, balanced as the recipe says (balance.py)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -65,6 +67,7 @@ class Images:
     labels: torch.Tensor  # int64 (N,)
     flip_base: torch.Tensor  # bool (N,): which images the alternating flip mirrors in even epochs
     generator: torch.Generator  # on the CPU: order, augmentation and flips
+    draw_weights: "torch.Tensor | None"  # per image, on the CPU: epochs draw by them ("resample"), else a permutation
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Training:
     images: Images
     epoch_test: object  # the Split of test images that the estimates use
     progress: Progress
+    balance_note: str  # the balance and why, for the first line; "" on balanced data trained alike
 
 
 def train(
@@ -104,7 +108,7 @@ def train(
     with process_settings(context):
         training = setup(context, dataset, model_name, recipe, resume)
         schedule = training.schedule
-        events.start(context, model_name, schedule.epochs, schedule.steps_per_epoch)
+        events.start(context, model_name, schedule.epochs, schedule.steps_per_epoch, training.balance_note)
         for epoch in range(len(training.progress.history), schedule.epochs):
             steps = min(schedule.steps_per_epoch, schedule.total_steps - epoch * schedule.steps_per_epoch)
             events.epoch_start(epoch + 1, steps)
@@ -117,8 +121,12 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
     generator = torch.Generator().manual_seed(recipe.seed)
     entry = get_model_entry(model_name)
 
-    # 1. Model. Pixels become float only here; mean/std live inside the model.
+    # 1. Model. Pixels become float only here; mean/std live inside the model. "auto" balance resolves here.
     train_split, size = dataset.train, dataset.train.images.shape[1]
+    counts = class_counts(train_split.labels, len(dataset.classes))
+    balance, reason = resolve_balance(recipe.balance, counts)
+    recipe = recipe.override(balance=balance)
+    balance_note = f"balance {balance} ({reason})" if balance != "none" or is_imbalanced(counts) else ""
     mean, std = channel_mean_std(train_split.images)
     model = entry.build(len(dataset.classes), tuple(mean), tuple(std))
     materialize(model, size)
@@ -136,6 +144,7 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         precision=context.precision,
         val_fraction=dataset.val_fraction,
         excluded=exclusion_record(dataset.excluded),
+        train_counts=counts,
     )
 
     # 2. Steps and schedule. A fractional epoch count trains part of the last epoch.
@@ -158,6 +167,7 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         optimizers=make_optimizers(model, recipe),
         lookahead=Lookahead(model) if recipe.lookahead else None,
         scaler=torch.amp.GradScaler(context.device_type) if context.precision == "fp16" else None,
+        loss=balanced_loss(balance, counts, recipe.label_smoothing, context.device),
     )
     images = Images(
         padded=torch.from_numpy(reflect_pad(train_split.images, recipe.translate)).to(context.device),
@@ -165,9 +175,11 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         # Alternating flip (airbench): a random half is mirrored in even epochs, the other half in odd.
         flip_base=torch.rand(len(train_split), generator=generator) < 0.5,
         generator=generator,
+        draw_weights=sampling_weights(balance, train_split.labels, counts),
     )
     epoch_test = dataset.test.sample(scoring.EPOCH_TEST_IMAGES)
-    training = Training(context, dataset, recipe, info, schedule, learner, images, epoch_test, Progress())
+    progress = Progress()
+    training = Training(context, dataset, recipe, info, schedule, learner, images, epoch_test, progress, balance_note)
     if resume is not None:
         restore(training, resume)
     context.folder.write_config(run_config(training))
@@ -184,7 +196,7 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
     size = crop_size(epoch, t.info.input_size, recipe)
     crop = size if recipe.progressive == "crop" else t.info.input_size  # "resize" scales whole images down
     draws = (images.padded, images.flip_base, recipe, epoch, crop, steps, schedule.batch_size, images.generator)
-    order, flips, offsets = epoch_draws(*draws)
+    order, flips, offsets = epoch_draws(*draws, images.draw_weights)
     # Reading the running sums makes the host wait for the device: on a GPU, every few steps.
     report_every = 1 if context.device_type == "cpu" else GPU_STEPS_PER_REPORT
     started, seen = time.perf_counter(), 0
@@ -205,7 +217,7 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
         dtype = context.autocast_dtype
         with torch.autocast(context.device_type, dtype=dtype, enabled=dtype is not None):
             logits = learner.network(inputs).float()  # (B, classes)
-        loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
+        loss = learner.loss(logits, targets)
         learner.model.zero_grad(set_to_none=True)
         step_optimizers(learner, loss)
         if learner.lookahead and (global_step + 1) % LOOKAHEAD_EVERY == 0:
@@ -280,7 +292,8 @@ def finish(training: Training) -> TrainResult:
     run = (progress.train_seconds, t.context.precision, folder.written())
     classes, confusion = t.dataset.classes, progress.final_confusion
     per_class = per_class_metrics(np.array(confusion), classes)
-    return TrainResult(folder.path, t.info.model, progress.history, *figures, *run, classes, confusion, per_class)
+    result = (folder.path, t.info.model, progress.history, *figures, *run, classes, confusion, per_class)
+    return TrainResult(*result, t.recipe.balance, t.info.train_counts, **recall_summary(per_class))
 
 
 # ---------------------------------------------------------------- checkpoints and resume

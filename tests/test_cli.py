@@ -321,7 +321,7 @@ def test_each_epochs_test_figure_stays_on_a_terminal_above_the_live_bars(monkeyp
     monkeypatch.setattr(report, "err", Console(file=screen, force_terminal=True, width=160, color_system=None))
     context = SimpleNamespace(describe=lambda: "cpu (bf16)", folder=SimpleNamespace(path="runs/train/exp"))
     display = report.TrainDisplay()
-    display.start(context, "tutorial", 2, 3)
+    display.start(context, "tutorial", 2, 3, "")
     display.epoch_start(1, 3)
     display.step(3, 1.0, 0.5, 100.0)
     row = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 0.9, "test_acc": 0.6123, "test_images": 2000,
