@@ -352,6 +352,32 @@ def serve_table() -> list[str]:
     ])  # fmt: skip
 
 
+def long_tail_table() -> list[str]:
+    """Per machine kind, CIFAR-10-LT split, recipe and balance: the runs of the newest code, beside
+    the wall time of the newest default run on full CIFAR-10 of that kind (training.py)."""
+    from cifarcli.models import DEFAULT_MODEL
+
+    groups = by(load("long_tail"), "kind", "imbalance", "variant", "balance")
+    items = [[row for row in rows if row["code"] == latest(rows)["code"]] for _, rows in sorted(groups.items())]
+    defaults = {key[1]: latest(rows) for key, rows in training_groups().items() if key[0] == DEFAULT_MODEL}
+
+    def versus_default(runs):
+        default = defaults.get(machine_kind(runs[0]["machine"]))
+        return f"{statistics.mean(of(runs, 'wall_s')) / default['wall_s']:.2f}" if default else "—"
+
+    return table(items, [
+        ("machine", lambda runs: machine_kind(runs[0]["machine"])), ("IF", lambda runs: f"{runs[0]['imbalance']:g}"),
+        ("recipe (--set)", lambda runs: runs[0]["variant"] or "the model's own"),
+        ("--balance", lambda runs: runs[0]["balance"] + (f" ({runs[0]['resolved']})" if runs[0]["balance"] == "auto"
+                                                         else "")),
+        ("seeds", lambda runs: len(runs)), ("test acc", lambda runs: mean_sd(of(runs, "test_acc"))),
+        ("with TTA", lambda runs: mean_sd(of(runs, "test_acc_tta"))),
+        ("rarest class recall", lambda runs: mean_sd(of(runs, "rarest_recall"))),
+        ("worst class recall", lambda runs: mean_sd(of(runs, "worst_recall"))),
+        ("wall s", lambda runs: mean_sd(of(runs, "wall_s"), number)), ("÷ default's full run", versus_default),
+    ])  # fmt: skip
+
+
 def machines_table() -> list[str]:
     everything = [row for path in sorted(RESULTS.glob("*.jsonl")) for row in load(path.stem)]
 
@@ -372,7 +398,7 @@ TABLES = {
     "machines": machines_table, "training": training_table, "candidates": candidates_table,
     "step_costs": step_cost_table, "export": export_table, "predict": predict_table, "scaling": scaling_table,
     "stages": stages_table, "portability": portability_table, "startup": startup_table, "check": check_table,
-    "serve": serve_table,
+    "serve": serve_table, "long_tail": long_tail_table,
 }  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Training on imbalanced classes: what makes up for a rare class, and when.
 
-    resolve_balance(choice, counts) -> (balance, reason)   "auto" decided by the class counts
+    resolve_balance(choice, counts) -> (balance, note)     "auto" decided by the class counts
     balanced_loss(balance, counts, label_smoothing)        the training loss, as a function
     sampling_weights(balance, labels, counts)              per-image draw weights, or None
 
@@ -10,7 +10,9 @@ The choices (the recipe's `balance` field, `cifar train --balance`):
   (1 - beta^n) / (1 - beta) (Cui et al. 2019);
 - "resample": each epoch draws its images with replacement, every class equally often;
 - "logit-adjust": the loss adds tau * log(class prior) to the logits (Menon et al. 2021), so the
-  model's own logits are those of a balanced prior; exports and predictions need nothing else.
+  model's own logits are those of a balanced prior: exports and predictions need nothing else.
+  Label smoothing's uniform part is taken on the model's own logits: on the adjusted ones it
+  would pull a common class's images towards the rare classes.
 Imports torch only inside the functions that build tensors.
 """
 
@@ -36,14 +38,13 @@ def imbalance_ratio(counts: list[int]) -> float:
 
 
 def resolve_balance(choice: str, counts: list[int]) -> tuple[str, str]:
-    """(the balance a run trains with, why): "auto" balances only a training split at least
-    AUTO_IMBALANCE times imbalanced, so balanced data trains exactly as without it."""
+    """(the balance a run trains with, a note of it and why): "auto" balances only a training
+    split at least AUTO_IMBALANCE times imbalanced, so balanced data trains exactly as without it.
+    The note is "" where balanced data trains every image alike."""
     ratio = imbalance_ratio(counts)
-    measured = f"largest class {ratio:.3g}x the smallest"
-    if choice != "auto":
-        return choice, measured
-    balance = AUTO_BALANCE if ratio >= AUTO_IMBALANCE else "none"
-    return balance, f"auto: {measured}"
+    balance = (AUTO_BALANCE if ratio >= AUTO_IMBALANCE else "none") if choice == "auto" else choice
+    why = f"{'auto: ' if choice == 'auto' else ''}largest class {ratio:.3g}x the smallest"
+    return balance, f"balance {balance} ({why})" if balance != "none" or is_imbalanced(counts) else ""
 
 
 def is_imbalanced(counts: list[int]) -> bool:
@@ -70,12 +71,14 @@ def balanced_loss(balance: str, counts: list[int], label_smoothing: float, devic
             logits, targets, weight=weight, label_smoothing=label_smoothing
         )
     if balance == "logit-adjust":
-        total = sum(counts)
-        log_prior = [LOGIT_ADJUST_TAU * math.log(max(n, 1) / total) for n in counts]
-        offsets = torch.tensor(log_prior, dtype=torch.float32, device=device)
-        return lambda logits, targets: functional.cross_entropy(
-            logits + offsets, targets, label_smoothing=label_smoothing
-        )
+        log_prior = torch.tensor([LOGIT_ADJUST_TAU * math.log(max(n, 1) / sum(counts)) for n in counts], device=device)
+
+        def adjusted(logits, targets):  # label smoothing as PyTorch's, its uniform part on the model's own logits
+            nll = functional.cross_entropy(logits + log_prior, targets)
+            uniform = -functional.log_softmax(logits, 1).mean()
+            return (1 - label_smoothing) * nll + label_smoothing * uniform
+
+        return adjusted
     return lambda logits, targets: functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
 

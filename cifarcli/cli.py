@@ -99,12 +99,11 @@ def train_command(
     from cifarcli.run import decide_setup, take_run_folder
     from cifarcli.run_folder import open_resumable
 
-    device, precision, log = opt.chosen(device), opt.chosen(precision), opt.chosen(log)
+    device, precision, log, balance = (opt.chosen(choice) for choice in (device, precision, log, balance))
     display = report.TrainDisplay()
     with user_errors():
         check_finite(epochs=epochs, lr=lr, val_fraction=val_fraction)
-        options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta}
-        options["balance"] = opt.chosen(balance)
+        options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "tta": tta, "balance": balance}
         overrides = parse_recipe_settings(settings or []) | {k: v for k, v in options.items() if v is not None}
         resumed = open_resumable(resume) if resume is not None else None
         excluded = read_exclusions(exclude) if exclude else []
@@ -251,7 +250,7 @@ def predict_command(
     as_json: opt.Json = False,
 ):
     """Classify images with an ONNX model. Exit 0: all predicted; 3: some files failed; 2: usage errors."""
-    from cifarcli import report, stops
+    from cifarcli import report, report_predict, stops
     from cifarcli.hardware import cores
     from cifarcli.predict import Summary, prepare_predictions, run_predictions
     from cifarcli.rows import row_to_dict
@@ -268,7 +267,7 @@ def predict_command(
         report.notes(run.notes)
         summary = Summary(keep_all=as_json)
         try:
-            with report.PredictDisplay(len(run.files)) as display, stops.stop_on_sigterm():
+            with report_predict.PredictDisplay(len(run.files)) as display, stops.stop_on_sigterm():
                 rows = engine_rows(run, batch_size, threads or cores(), cluster)
                 run_predictions(run, rows, summary, display.advance)
         except (KeyboardInterrupt, stops.Stopped) as stop:
@@ -278,7 +277,7 @@ def predict_command(
         rows = [row_to_dict(row, run.top_k) for row in summary.rows]
         report.print_json({"model": str(run.model), "summary": summary.totals(), "rows": rows})
     else:
-        report.show_predictions(summary, run.top_k, output)
+        report_predict.show_predictions(summary, run.top_k, output)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 

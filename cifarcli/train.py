@@ -2,12 +2,10 @@
 
     train(dataset, model_name, recipe, context) -> TrainResult
 
-`setup()` builds the model, its optimizers and the training images on the device for a
-RunContext (run.py: device, precision, processes, threads, run folder); `run_epoch()` takes an
-epoch's steps; `record_epoch()` scores it (scoring.py: an estimate, the last epoch exact) and
-saves it; `finish()` gives the result. A run's settings are its Recipe (recipes.py); progress goes
-to an `events` object (report.py draws it), so this module knows nothing of the terminal.
-"""
+`setup()` builds the model, its optimizers, its loss (balance.py) and the training images on the
+device for a RunContext (run.py); `run_epoch()` takes an epoch's steps; `record_epoch()` scores it
+(scoring.py) and saves it; `finish()` gives the result. A run's settings are its Recipe; progress
+goes to an `events` object (report.py draws it), so this module knows nothing of the terminal."""
 
 import math
 import time
@@ -18,7 +16,7 @@ import torch
 
 from cifarcli import __version__, scoring, stops
 from cifarcli.augment import augment_batch, crop_size, epoch_draws, reflect_pad, scaled
-from cifarcli.balance import balanced_loss, class_counts, is_imbalanced, resolve_balance, sampling_weights
+from cifarcli.balance import balanced_loss, class_counts, resolve_balance, sampling_weights
 from cifarcli.checkpoint import ModelInfo, materialize
 from cifarcli.data import Dataset, describe
 from cifarcli.distributed import broadcast_tensors, check_identical_weights, sum_across, wrap_model
@@ -124,16 +122,9 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
     # 1. Model. Pixels become float only here; mean/std live inside the model. "auto" balance resolves here.
     train_split, size = dataset.train, dataset.train.images.shape[1]
     counts = class_counts(train_split.labels, len(dataset.classes))
-    balance, reason = resolve_balance(recipe.balance, counts)
+    balance, balance_note = resolve_balance(recipe.balance, counts)
     recipe = recipe.override(balance=balance)
-    balance_note = f"balance {balance} ({reason})" if balance != "none" or is_imbalanced(counts) else ""
     mean, std = channel_mean_std(train_split.images)
-    model = entry.build(len(dataset.classes), tuple(mean), tuple(std))
-    materialize(model, size)
-    if entry.prepare:
-        entry.prepare(model, train_split.images)
-    model = model.to(context.device, memory_format=torch.channels_last)
-    use_matrix_products(model, context.matrix_product_convolutions)
     info = ModelInfo(
         model_name,
         dataset.classes,
@@ -146,6 +137,12 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         excluded=exclusion_record(dataset.excluded),
         train_counts=counts,
     )
+    model = entry.build(len(dataset.classes), tuple(mean), tuple(std))
+    materialize(model, size)
+    if entry.prepare:
+        entry.prepare(model, train_split.images)
+    model = model.to(context.device, memory_format=torch.channels_last)
+    use_matrix_products(model, context.matrix_product_convolutions)
 
     # 2. Steps and schedule. A fractional epoch count trains part of the last epoch.
     batch_size = min(recipe.batch_size, len(train_split))
@@ -178,8 +175,7 @@ def setup(context: RunContext, dataset: Dataset, model_name: str, recipe: Recipe
         draw_weights=sampling_weights(balance, train_split.labels, counts),
     )
     epoch_test = dataset.test.sample(scoring.EPOCH_TEST_IMAGES)
-    progress = Progress()
-    training = Training(context, dataset, recipe, info, schedule, learner, images, epoch_test, progress, balance_note)
+    training = Training(context, dataset, recipe, info, schedule, learner, images, epoch_test, Progress(), balance_note)
     if resume is not None:
         restore(training, resume)
     context.folder.write_config(run_config(training))

@@ -144,6 +144,8 @@ def test_a_class_without_test_images_is_named_and_left_out_of_the_averages(train
     assert "vertical" in result.stderr and "no test images" in result.stderr
     recalls = [row["recall"] for row in metrics["per_class"] if row["support"]]
     assert metrics["macro_recall"] == pytest.approx(sum(recalls) / len(recalls), abs=1e-4)
+    assert metrics["balanced_acc"] == metrics["macro_recall"] and metrics["worst_recall"] == min(recalls)
+    assert metrics["worst_class"] != "vertical"
 
 
 def test_confusion_matrix_keeps_whole_class_names_on_a_narrow_terminal(trained_run, dataset):

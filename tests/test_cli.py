@@ -80,6 +80,7 @@ def test_train_evaluate_export_from_the_command_line(image_folder, cache_dir, tm
 
     shown = runner.invoke(app, ["evaluate", str(checkpoint), "--data", str(image_folder)])
     assert "Per class" in shown.stdout and "Confusion matrix" in shown.stdout and "most confused" in shown.stdout
+    assert f"balanced accuracy {metrics['balanced_acc']:.2%}" in shown.stdout and "worst class" in shown.stdout
 
     exported = runner.invoke(app, ["export", str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--json"])
     assert exported.exit_code == 0, exported.output
