@@ -80,15 +80,18 @@ def scaled(inputs, size: int):
 def epoch_draws(
     padded, flip_base, recipe: Recipe, epoch: int, size: int, steps: int, batch_size: int, generator, weights=None
 ):
-    """An epoch's random order, flip masks and crop offsets, drawn on the CPU generator in that
-    order and moved to the images' device at once: (order, flips, offsets per step or None).
-    With per-image weights, the order draws as many images with replacement, by those weights."""
+    """An epoch's random order, flips and crop offsets, drawn on the CPU generator in that order
+    and moved to the images' device at once: (order, flips, offsets per step or None); order and
+    flips are per position in the epoch. With per-image weights the order draws as many images
+    with replacement, by those weights, and each draw is flipped at random: an image drawn many
+    times is seen both ways."""
     count = len(flip_base)
     if weights is None:
         order = torch.randperm(count, generator=generator)
+        flips = flip_masks(recipe.flip, flip_base, epoch, generator)[order]
     else:
         order = torch.multinomial(weights, count, replacement=True, generator=generator)
-    flips = flip_masks(recipe.flip, flip_base, epoch, generator)
+        flips = flip_masks("random" if recipe.flip != "none" else "none", flip_base, epoch, generator)
     offsets = draw_crop_offsets(padded, size, steps, batch_size, generator)
     device = padded.device
     offsets = offsets.to(device) if offsets is not None else [None] * steps

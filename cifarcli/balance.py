@@ -1,7 +1,7 @@
 """Training on imbalanced classes: what makes up for a rare class, and when.
 
     resolve_balance(choice, counts) -> (balance, note)     "auto" decided by the class counts
-    balanced_loss(balance, counts, label_smoothing)        the training loss, as a function
+    balanced_loss(balance, counts, label_smoothing, device) the training loss, as a function
     sampling_weights(balance, labels, counts)              per-image draw weights, or None
 
 The choices (the recipe's `balance` field, `cifar train --balance`):
@@ -43,7 +43,7 @@ def resolve_balance(choice: str, counts: list[int]) -> tuple[str, str]:
     The note is "" where balanced data trains every image alike."""
     ratio = imbalance_ratio(counts)
     balance = (AUTO_BALANCE if ratio >= AUTO_IMBALANCE else "none") if choice == "auto" else choice
-    why = f"{'auto: ' if choice == 'auto' else ''}largest class {ratio:.3g}x the smallest"
+    why = f"{'auto' if choice == 'auto' else 'chosen'}: largest class {ratio:.3g}x the smallest"
     return balance, f"balance {balance} ({why})" if balance != "none" or is_imbalanced(counts) else ""
 
 
@@ -65,11 +65,12 @@ def balanced_loss(balance: str, counts: list[int], label_smoothing: float, devic
     import torch
     from torch.nn import functional
 
-    if balance == "reweight":
+    if balance == "reweight":  # a mean over images, not over weights: shards of a batch add up to the batch
         weight = torch.tensor(class_weights(counts), dtype=torch.float32, device=device)
-        return lambda logits, targets: functional.cross_entropy(
-            logits, targets, weight=weight, label_smoothing=label_smoothing
-        )
+        return lambda logits, targets: (
+            functional.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+            * weight[targets]
+        ).mean()
     if balance == "logit-adjust":
         log_prior = torch.tensor([LOGIT_ADJUST_TAU * math.log(max(n, 1) / sum(counts)) for n in counts], device=device)
 

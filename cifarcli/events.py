@@ -22,9 +22,9 @@ class TrainResult:
     per_class: list[dict]  # from the confusion: name, precision, recall, f1, support
     balance: str  # as the run resolved it (balance.py)
     train_counts: list[int]  # training images per class
-    balanced_acc: float  # from per_class: the mean recall
-    worst_class: str  # the class with the lowest recall, and that recall
-    worst_recall: float
+    balanced_acc: "float | None"  # from per_class: the mean recall (None: no class with test images)
+    worst_class: "str | None"  # the class with the lowest recall, and that recall
+    worst_recall: "float | None"
 
     def to_dict(self) -> dict:
         """What `cifar train --json` prints."""

@@ -66,7 +66,8 @@ def out_of_fold_logits(images, labels, classes, folds: int, model_name: str, set
 
     if not 2 <= folds <= len(labels) // 2:
         raise CifarError(f"--folds {folds}: choose from 2 to {len(labels) // 2}")
-    recipe = get_model_entry(model_name).recipe.override(**settings)
+    # The fold models see the given labels' own frequencies, as the label-issue rule expects, unless --set says.
+    recipe = get_model_entry(model_name).recipe.override(**{"balance": "none", **settings})
     assignment, logits = fold_of(labels, folds), np.zeros((len(labels), len(classes)), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="cifar-folds-") as temp:
         probe_mask = assignment != 0

@@ -139,7 +139,7 @@ class TrainDisplay:
             f"train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
             f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f} ({scored_on(row)})  "
             + (escape(f"balanced_acc {row['balanced_acc']:.4f}  worst {row['worst_class']} {row['worst_recall']:.4f}  ")
-               if self.per_class else "")
+               if self.per_class and row["worst_class"] is not None else "")
             + f"{row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
         )  # fmt: skip
         err.print(line, highlight=False, soft_wrap=True)  # on a terminal, above the live bars: it stays on screen
@@ -174,7 +174,7 @@ def show_training_result(result) -> None:
         f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%} "
         f"(fp32); training {result.train_seconds:.0f} s in {result.precision}"
     )
-    if result.balance != "none" or is_imbalanced(result.train_counts):
+    if result.worst_class is not None and (result.balance != "none" or is_imbalanced(result.train_counts)):
         out.print(
             f"balanced accuracy {result.balanced_acc:.2%}, worst class {escape(result.worst_class)} "
             f"{result.worst_recall:.2%} recall; balance {result.balance}, training images per class "
@@ -219,9 +219,14 @@ def show_evaluation(evaluation, written) -> None:
         highlight=False,
     )
     out.print(
-        f"accuracy [bold]{evaluation.accuracy:.2%}[/]  balanced accuracy {evaluation.balanced_acc or 0:.2%}  "
-        f"worst class {escape(str(evaluation.worst_class))} {evaluation.worst_recall or 0:.2%} recall  "
-        f"loss {evaluation.loss:.4f}  calibration error (ECE) {evaluation.ece:.2%}"
+        f"accuracy [bold]{evaluation.accuracy:.2%}[/]  "
+        + (
+            f"balanced accuracy {evaluation.balanced_acc:.2%}  worst class {escape(evaluation.worst_class)} "
+            f"{evaluation.worst_recall:.2%} recall  "
+            if evaluation.worst_class is not None
+            else ""
+        )
+        + f"loss {evaluation.loss:.4f}  calibration error (ECE) {evaluation.ece:.2%}"
     )
     table = table_of("Per class", "class|precision>|recall>|F1>|support>")
     for row in evaluation.per_class:

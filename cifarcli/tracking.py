@@ -65,8 +65,11 @@ def epoch_scalars(row: dict, test_images: int) -> dict:
         "train/acc": row["train_acc"],
         f"{test}/loss": row["test_loss"],
         f"{test}/acc": row["test_acc"],
-        f"{test}/balanced_acc": row["balanced_acc"],
-        f"{test}/worst_recall": row["worst_recall"],
+        **(
+            {f"{test}/balanced_acc": row["balanced_acc"], f"{test}/worst_recall": row["worst_recall"]}
+            if row["worst_recall"] is not None
+            else {}
+        ),
         "lr": row["lr"],
         "images_per_s": row["images_per_s"],
     }
@@ -74,7 +77,7 @@ def epoch_scalars(row: dict, test_images: int) -> dict:
 
 def final_scalars(result) -> dict:
     figures = ("test_acc", "test_acc_tta", "balanced_acc", "worst_recall")
-    return {f"final/{name}": getattr(result, name) for name in figures}
+    return {f"final/{name}": getattr(result, name) for name in figures if getattr(result, name) is not None}
 
 
 def recipe_params(config: dict) -> dict:

@@ -204,9 +204,10 @@ def run_epoch(training: Training, epoch: int, steps: int, events) -> tuple[float
             whitening_layer(learner.model).bias.requires_grad_(False)
         for group in learner.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(global_step, schedule.total_steps, recipe)
-        indices = order[step * schedule.batch_size : (step + 1) * schedule.batch_size]
+        batch = slice(step * schedule.batch_size, (step + 1) * schedule.batch_size)  # positions in the epoch
+        indices = order[batch]
         # Every rank augments the whole global batch alike, then keeps its shard.
-        inputs = augment_batch(images.padded, indices, crop, flips[indices], offsets[step])
+        inputs = augment_batch(images.padded, indices, crop, flips[batch], offsets[step])
         inputs, indices = inputs[ranks.rank :: ranks.world], indices[ranks.rank :: ranks.world]
         inputs = scaled(inputs.float().div_(255), size).contiguous(memory_format=torch.channels_last)  # in [0, 1]
         targets = images.labels[indices]  # (B,)

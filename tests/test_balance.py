@@ -48,9 +48,11 @@ def test_resampled_epochs_draw_every_class_about_equally_often():
     weights = sampling_weights("resample", labels, [900, 90, 10])
     padded, flip_base = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8), torch.zeros(1000, dtype=torch.bool)
     recipe = get_model_entry("tutorial").recipe
-    order, _, _ = epoch_draws(padded, flip_base, recipe, 0, 4, 1, 1000, torch.Generator().manual_seed(0), weights)
+    order, flips, _ = epoch_draws(padded, flip_base, recipe, 0, 4, 1, 1000, torch.Generator().manual_seed(0), weights)
     drawn = np.bincount(labels[order.numpy()], minlength=3)
     assert drawn.sum() == 1000 and all(250 < count < 420 for count in drawn), drawn
+    again = order == 995  # one image of the rarest class, drawn about 33 times: seen both ways
+    assert again.sum() > 10 and 0 < flips[again].sum() < again.sum()
     assert sampling_weights("none", labels, [900, 90, 10]) is None
 
 
