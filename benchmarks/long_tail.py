@@ -1,6 +1,6 @@
 """Long-tailed CIFAR-10: `cifar train --balance` on the standard CIFAR-10-LT splits.
 
-    python benchmarks/long_tail.py [--imbalance 100 10] [--balance none reweight resample logit-adjust auto]
+    python benchmarks/long_tail.py [--imbalance 100 10] [--balance none reweight resample logit-adjust]
                                    [--seeds 0] [--set FIELD=VALUE ...]
 
 CIFAR-10-LT (Cui et al. 2019; Cao et al. 2019): class i of CIFAR-10's label order keeps its first

@@ -168,7 +168,8 @@ def structure_findings(inventory: Inventory, counts: dict[str, dict[str, int]], 
     for split, by_class in counts.items():
         if len(by_class) > 1 and max(by_class.values()) > IMBALANCE_RATIO * max(min(by_class.values()), 1):
             rarest, largest = min(by_class, key=by_class.get), max(by_class, key=by_class.get)
-            detail = f"{largest} {by_class[largest]:,} images, {rarest} {by_class[rarest]:,}; cifar train balances it"
+            detail = f"{largest} {by_class[largest]:,} images, {rarest} {by_class[rarest]:,}"
+            detail += "; cifar train --balance auto makes up for it" if split != "test" else ""
             found.append(Finding("structure", "imbalanced classes", split or ".", 0.7, detail=detail))
     if not whole:  # hidden and stray files belong to no split
         return found

@@ -27,12 +27,13 @@ def test_run_configs_of_every_schema_read_as_todays(name, crops, tmp_path):
     assert config["schema"] == CONFIG_SCHEMA and config["recipe"]["crops"] == crops
     recipe = get_model_entry(config["model"]).recipe.override(**config["recipe"])  # what --resume rebuilds
     assert recipe.crops == tuple((size, float(epochs)) for size, epochs in crops)
+    assert recipe.balance == "none"  # what a run without the field trained with, not today's auto
 
 
 @pytest.mark.parametrize(("name", "crops"), [("card.schema1.json", [[24, 5]]), ("card.schema2.json", [[24, 0.5]])])
 def test_model_cards_of_every_schema_read_as_todays(name, crops):
     info = ModelInfo.from_dict(json.loads((FIXTURES / name).read_text()), name)
-    assert info.schema == MODEL_CARD_SCHEMA and info.recipe["crops"] == crops
+    assert info.schema == MODEL_CARD_SCHEMA and info.recipe["crops"] == crops and info.recipe["balance"] == "none"
     get_model_entry(info.model).recipe.override(**info.recipe)
     assert ModelInfo.from_dict(info.to_dict(), "again") == info  # today's form reads back unchanged
 
