@@ -44,12 +44,13 @@ def resolve_balance(choice: str, counts: list[int]) -> tuple[str, str]:
     ratio = imbalance_ratio(counts)
     balance = (AUTO_BALANCE if ratio >= AUTO_IMBALANCE else "none") if choice == "auto" else choice
     why = f"{'auto' if choice == 'auto' else 'chosen'}: largest class {ratio:.3g}x the smallest"
-    return balance, f"balance {balance} ({why})" if balance != "none" or is_imbalanced(counts) else ""
+    return balance, f"balance {balance} ({why})" if shows_per_class(balance, counts) else ""
 
 
-def is_imbalanced(counts: list[int]) -> bool:
-    """Whether figures per class belong beside accuracy: the split auto would balance."""
-    return imbalance_ratio(counts) >= AUTO_IMBALANCE
+def shows_per_class(balance: str, counts: list[int]) -> bool:
+    """Whether a run's display names its balance and shows per-class figures beside accuracy: a
+    balance was chosen, or the split is one auto would balance."""
+    return balance != "none" or imbalance_ratio(counts) >= AUTO_IMBALANCE
 
 
 def class_weights(counts: list[int], beta: float = EFFECTIVE_NUMBER_BETA) -> np.ndarray:

@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from cifarcli.balance import is_imbalanced
+from cifarcli.balance import shows_per_class
 
 out = Console()
 err = Console(stderr=True)
@@ -174,7 +174,7 @@ def show_training_result(result) -> None:
         f"final test accuracy {result.test_acc:.2%}, with TTA (level {result.tta}) {result.test_acc_tta:.2%} "
         f"(fp32); training {result.train_seconds:.0f} s in {result.precision}"
     )
-    if result.worst_class is not None and (result.balance != "none" or is_imbalanced(result.train_counts)):
+    if result.worst_class is not None and shows_per_class(result.balance, result.train_counts):
         out.print(
             f"balanced accuracy {result.balanced_acc:.2%}, worst class {escape(result.worst_class)} "
             f"{result.worst_recall:.2%} recall; balance {result.balance}, training images per class "

@@ -131,3 +131,17 @@ def test_a_logit_adjusted_model_exports_as_it_is(planted, tmp_path):
     assert report.agreement == 1.0
     exported = evaluate(OnnxClassifier(tmp_path / "m.onnx"), planted)
     assert exported.accuracy == result.test_acc and exported.worst_recall == result.worst_recall
+
+
+@pytest.mark.slow
+def test_the_run_says_what_auto_chose_and_shows_the_rare_classs_figures(tmp_path, cache_dir):
+    from typer.testing import CliRunner
+
+    from cifarcli.cli import app
+
+    folder = planted_folder(tmp_path / "planted")
+    command = ["train", "--model", "tutorial", "--data", str(folder), "--epochs", "1", "--precision", "fp32"]
+    result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "runs"), "--name", "run"])
+    assert result.exit_code == 0, result.output
+    assert f"balance {AUTO_BALANCE} (auto: largest class 12.5x the smallest)" in result.stderr
+    assert "balanced_acc" in result.stderr and "balanced accuracy" in result.stdout and "8 to 100" in result.stdout
